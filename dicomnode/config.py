@@ -1,0 +1,311 @@
+"""Typed settings, loaded once: embedded defaults -> TOML file -> environment -> CLI.
+
+Every key is documented in ``config/node.toml``. Environment variables override the file:
+``DICOMNODE_<SECTION>_<KEY>`` (for example ``DICOMNODE_NODE_PORT=11113``); list values are
+comma-separated. Destinations come from the file or from ``DICOMNODE_DESTINATIONS`` as
+``name=AET@host:port[;objects=SEG+SR+OVERLAY],...``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from dicomnode.errors import ConfigError
+
+ENV_PREFIX = "DICOMNODE_"
+AE_TITLE_RE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # DICOM AE: 16 chars, no backslash
+RESULT_KINDS = ("SEG", "SR", "OVERLAY")
+
+
+@dataclass(frozen=True)
+class NodeSettings:
+    """The receiver: who we are, where we listen, who may talk to us, where data lives."""
+
+    ae_title: str = "CHESTCT"
+    host: str = "0.0.0.0"
+    port: int = 11112
+    data_dir: Path = Path("./data")
+    database_url: str = ""  # empty: SQLite file <data_dir>/dicomnode.sqlite
+    allowed_calling_aets: tuple[str, ...] = ()  # empty: any calling AE may associate
+    require_called_aet: bool = True
+    quiet_period_s: float = 30.0
+    max_wait_for_missing_s: float = 300.0
+    workers: int = 1
+    max_associations: int = 16
+    acse_timeout_s: float = 30.0
+    dimse_timeout_s: float = 60.0
+    network_timeout_s: float = 60.0
+    maximum_pdu_size: int = 0  # 0: unlimited
+    min_free_disk_mb: int = 512
+    fsync: bool = True
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_ca: Path | None = None  # when set, clients must present a certificate signed by it
+    log_level: str = "INFO"
+
+
+@dataclass(frozen=True)
+class SelectionSettings:
+    """Which series of a study is analysed."""
+
+    min_slices: int = 40
+    max_slice_thickness_mm: float = 5.0
+    spacing_tolerance: float = 0.1  # relative deviation of slice gaps allowed
+    exclude_description_words: tuple[str, ...] = (
+        "scout", "localizer", "topogram", "surview", "mip", "mpr", "dose", "report",
+    )
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    """Job leases and retries."""
+
+    lease_s: float = 120.0
+    heartbeat_s: float = 10.0
+    poll_interval_s: float = 0.5
+    max_attempts: int = 3
+
+
+@dataclass(frozen=True)
+class ExportSettings:
+    """Delivery of result objects to the destinations."""
+
+    max_attempts: int = 8
+    backoff_initial_s: float = 2.0
+    backoff_max_s: float = 600.0
+    poll_interval_s: float = 0.5
+    dimse_timeout_s: float = 30.0
+    calling_ae_title: str = ""  # empty: the node's own AE title
+
+
+@dataclass(frozen=True)
+class PipelineSettings:
+    """The processor the worker runs and the options it receives."""
+
+    processor: str = "pipeline.processor:ChestCTProcessor"
+    classifier: str = "decovnet"  # "decovnet", "cnn-bert" or "none"
+    lung_segmentation: str = "unet"  # "unet" or "morphological"
+    localize_lesions: bool = True
+    device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1"
+    threads: int = 0  # torch intra-op threads; 0: library default
+    overlay: bool = True
+
+
+@dataclass(frozen=True)
+class WebSettings:
+    """The operators' web app and DICOMweb endpoints (started by ``dicomnode serve``)."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = 8080
+    auth: str = "token"  # "token", "basic" or "none"
+    token: str = ""
+    username: str = ""
+    password: str = ""
+
+
+@dataclass(frozen=True)
+class Destination:
+    """A DICOM peer that receives result objects by C-STORE."""
+
+    name: str
+    ae_title: str
+    host: str
+    port: int
+    objects: tuple[str, ...] = RESULT_KINDS
+
+
+@dataclass(frozen=True)
+class Settings:
+    node: NodeSettings = field(default_factory=NodeSettings)
+    selection: SelectionSettings = field(default_factory=SelectionSettings)
+    worker: WorkerSettings = field(default_factory=WorkerSettings)
+    export: ExportSettings = field(default_factory=ExportSettings)
+    pipeline: PipelineSettings = field(default_factory=PipelineSettings)
+    web: WebSettings = field(default_factory=WebSettings)
+    destinations: tuple[Destination, ...] = ()
+
+    @property
+    def database_url(self) -> str:
+        if self.node.database_url:
+            return self.node.database_url
+        return f"sqlite:///{(self.node.data_dir / 'dicomnode.sqlite').resolve()}"
+
+    @property
+    def calling_ae_title(self) -> str:
+        return self.export.calling_ae_title or self.node.ae_title
+
+
+_SECTIONS: dict[str, type] = {
+    "node": NodeSettings,
+    "selection": SelectionSettings,
+    "worker": WorkerSettings,
+    "export": ExportSettings,
+    "pipeline": PipelineSettings,
+    "web": WebSettings,
+}
+
+
+def _coerce(name: str, annotation: Any, value: Any) -> Any:
+    """Convert a TOML or environment value to the field's declared type."""
+    text_type = str(annotation)
+    try:
+        if text_type in ("bool",):
+            if isinstance(value, str):
+                lowered = value.strip().lower()
+                if lowered in ("1", "true", "yes", "on"):
+                    return True
+                if lowered in ("0", "false", "no", "off"):
+                    return False
+                raise ValueError(value)
+            return bool(value)
+        if text_type == "int":
+            if isinstance(value, bool):
+                raise ValueError(value)
+            return int(value)
+        if text_type == "float":
+            return float(value)
+        if text_type == "str":
+            return str(value)
+        if text_type == "Path":
+            return Path(value)
+        if text_type == "Path | None":
+            return Path(value) if value not in (None, "") else None
+        if text_type.startswith("tuple[str"):
+            if isinstance(value, str):
+                return tuple(v.strip() for v in value.split(",") if v.strip())
+            return tuple(str(v) for v in value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{name}: cannot read {value!r} as {text_type}") from exc
+    raise ConfigError(f"{name}: unsupported setting type {text_type}")
+
+
+def _build_section(section: str, cls: type, raw: Mapping[str, Any]) -> Any:
+    known = {f.name: f for f in fields(cls)}
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key not in known:
+            raise ConfigError(f"unknown setting [{section}] {key}")
+        values[key] = _coerce(f"[{section}] {key}", known[key].type, value)
+    prefix = f"{ENV_PREFIX}{section.upper()}_"
+    for env_key, env_value in os.environ.items():
+        if env_key.startswith(prefix):
+            key = env_key[len(prefix):].lower()
+            if key not in known:
+                raise ConfigError(f"unknown setting in environment: {env_key}")
+            values[key] = _coerce(env_key, known[key].type, env_value)
+    return cls(**values)
+
+
+_DEST_RE = re.compile(
+    r"^(?P<name>[\w.-]+)=(?P<aet>[^@]+)@(?P<host>[^:;]+):(?P<port>\d+)(?:;objects=(?P<obj>[A-Z+]+))?$"
+)
+
+
+def _parse_destinations(raw: Any) -> tuple[Destination, ...]:
+    env = os.environ.get(f"{ENV_PREFIX}DESTINATIONS")
+    items: list[dict[str, Any]] = []
+    if env is not None:
+        for part in filter(None, (p.strip() for p in env.split(","))):
+            m = _DEST_RE.match(part)
+            if not m:
+                raise ConfigError(f"{ENV_PREFIX}DESTINATIONS: cannot read {part!r}")
+            item: dict[str, Any] = {
+                "name": m["name"], "ae_title": m["aet"], "host": m["host"], "port": m["port"],
+            }
+            if m["obj"]:
+                item["objects"] = m["obj"].split("+")
+            items.append(item)
+    else:
+        items = list(raw or [])
+    result = []
+    for item in items:
+        if not isinstance(item, Mapping):
+            raise ConfigError("[[destinations]] entries must be tables")
+        missing = {"name", "ae_title", "host", "port"} - set(item)
+        if missing:
+            raise ConfigError(f"[[destinations]] entry lacks {sorted(missing)}")
+        objects = tuple(str(o).upper() for o in item.get("objects", RESULT_KINDS))
+        bad = set(objects) - set(RESULT_KINDS)
+        if bad:
+            raise ConfigError(f"destination {item['name']}: unknown objects {sorted(bad)}")
+        dest = Destination(
+            name=str(item["name"]),
+            ae_title=str(item["ae_title"]),
+            host=str(item["host"]),
+            port=int(item["port"]),
+            objects=objects,
+        )
+        _check_ae(f"destination {dest.name} ae_title", dest.ae_title)
+        result.append(dest)
+    names = [d.name for d in result]
+    if len(names) != len(set(names)):
+        raise ConfigError("destination names must be unique")
+    return tuple(result)
+
+
+def _check_ae(what: str, value: str) -> None:
+    if not AE_TITLE_RE.match(value) or not value.strip():
+        raise ConfigError(f"{what}: {value!r} is not a valid AE title (1-16 characters)")
+
+
+def load_settings(path: Path | None = None, overrides: Mapping[str, Any] | None = None) -> Settings:
+    """Read settings from ``path`` (optional), the environment and ``overrides``.
+
+    ``overrides`` maps ``"section.key"`` to a value, for command-line options.
+    """
+    raw: dict[str, Any] = {}
+    if path is not None:
+        try:
+            raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except FileNotFoundError as exc:
+            raise ConfigError(f"configuration file not found: {path}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: {exc}") from exc
+    unknown = set(raw) - set(_SECTIONS) - {"destinations"}
+    if unknown:
+        raise ConfigError(f"unknown section(s) {sorted(unknown)}")
+    merged: dict[str, dict[str, Any]] = {s: dict(raw.get(s, {})) for s in _SECTIONS}
+    for dotted, value in (overrides or {}).items():
+        section, _, key = dotted.partition(".")
+        if section not in merged or not key:
+            raise ConfigError(f"bad override {dotted!r}")
+        merged[section][key] = value
+    sections = {name: _build_section(name, cls, merged[name]) for name, cls in _SECTIONS.items()}
+    settings = Settings(destinations=_parse_destinations(raw.get("destinations")), **sections)
+    _validate(settings)
+    return settings
+
+
+def _validate(s: Settings) -> None:
+    _check_ae("[node] ae_title", s.node.ae_title)
+    for aet in s.node.allowed_calling_aets:
+        _check_ae("[node] allowed_calling_aets", aet)
+    if not 0 < s.node.port < 65536:
+        raise ConfigError(f"[node] port {s.node.port} out of range")
+    if s.node.workers < 0:
+        raise ConfigError("[node] workers must be >= 0")
+    if s.node.quiet_period_s <= 0:
+        raise ConfigError("[node] quiet_period_s must be > 0")
+    if (s.node.tls_cert is None) != (s.node.tls_key is None):
+        raise ConfigError("[node] tls_cert and tls_key must be given together")
+    if s.pipeline.classifier not in ("decovnet", "cnn-bert", "none"):
+        raise ConfigError("[pipeline] classifier must be 'decovnet', 'cnn-bert' or 'none'")
+    if s.pipeline.lung_segmentation not in ("unet", "morphological"):
+        raise ConfigError("[pipeline] lung_segmentation must be 'unet' or 'morphological'")
+    if s.web.auth not in ("token", "basic", "none"):
+        raise ConfigError("[web] auth must be 'token', 'basic' or 'none'")
+    if s.worker.lease_s <= s.worker.heartbeat_s:
+        raise ConfigError("[worker] lease_s must be longer than heartbeat_s")
+
+
+def pipeline_options(s: Settings) -> dict[str, Any]:
+    """The settings handed to the processor factory (plain values only)."""
+    return dataclasses.asdict(s.pipeline)
