@@ -11,3 +11,8 @@ class SeriesError(PipelineError):
 
 class ModelError(PipelineError):
     """A model cannot be loaded: unknown name, missing weights file or checksum mismatch."""
+
+
+# Errors of the input itself (a series that cannot be read, a model that cannot load) repeat on
+# every attempt; the node's worker reads this attribute and does not retry them.
+PipelineError.retryable = False  # type: ignore[attr-defined]

@@ -1,0 +1,130 @@
+"""Decides when a study is complete, chooses its series, and queues exactly one job for it.
+
+A study is ready when no instance of it has arrived for the quiet period (several
+associations per study are fine as long as the gaps are shorter). If the chosen series has
+gaps in its InstanceNumbers, the assembler waits up to ``max_wait_for_missing_s`` more for the
+missing slices before it analyses what it has. A study whose chosen series is unchanged since
+an earlier job (same instances, same pipeline) is not processed again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from datetime import datetime, timedelta
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from dicomnode.config import Settings
+from dicomnode.db import studies as db
+from dicomnode.db.models import SeriesState, utcnow
+from dicomnode.db.records import add_event
+from dicomnode.selection import choose_series
+
+log = logging.getLogger(__name__)
+
+
+def input_fingerprint(sop_uids: tuple[str, ...], pipeline_identity: str) -> str:
+    """Identify a job's exact input: the set of instances and the pipeline that reads them."""
+    digest = hashlib.sha256()
+    for uid in sorted(sop_uids):
+        digest.update(uid.encode("ascii") + b"\n")
+    digest.update(pipeline_identity.encode("utf-8"))
+    return digest.hexdigest()
+
+
+def pipeline_identity(settings: Settings) -> str:
+    p = settings.pipeline
+    return f"{p.processor}|{p.lung_segmentation}|{p.classifier}|{p.localize_lesions}"
+
+
+class Assembler:
+    """Runs ``evaluate_due`` periodically in a thread of the main process."""
+
+    def __init__(self, sessions: sessionmaker[Session], settings: Settings) -> None:
+        self._sessions = sessions
+        self._settings = settings
+        self._identity = pipeline_identity(settings)
+        self._waiting: set[int] = set()  # studies waiting for missing instances (logged once)
+
+    def evaluate_due(self, now: datetime | None = None) -> list[int]:
+        """Evaluate every study that went quiet; return the ids of the jobs queued."""
+        now = now or utcnow()
+        quiet_since = now - timedelta(seconds=self._settings.node.quiet_period_s)
+        with self._sessions() as session:
+            due = db.studies_due(session, quiet_since)
+        queued: list[int] = []
+        for study_id in due:
+            with self._sessions() as session, session.begin():
+                job_id = self._evaluate(session, study_id, now)
+            if job_id is not None:
+                queued.append(job_id)
+        return queued
+
+    def _evaluate(self, session: Session, study_id: int, now: datetime) -> int | None:
+        snap = db.load_study(session, study_id)
+        selection = choose_series(snap.candidates, self._settings.selection)
+        for skipped in selection.skipped:
+            if db.set_series_state(
+                session, snap.series_ids[skipped.series_instance_uid], SeriesState.SKIPPED,
+                skipped.reason,
+            ):
+                add_event(
+                    session, study_id, "series-skipped",
+                    f"series {skipped.series_instance_uid}: {skipped.reason}",
+                )
+        chosen = selection.chosen
+        if chosen is None:
+            add_event(session, study_id, "no-series", "no analysable axial CT series in study")
+            log.info("study %s: no analysable series", snap.study_instance_uid)
+            db.mark_evaluated(session, study_id, now)
+            return None
+        if chosen.missing_instance_numbers:
+            waited_s = (now - snap.last_received_at).total_seconds()
+            missing = ", ".join(str(n) for n in chosen.missing_instance_numbers[:20])
+            if waited_s < self._settings.node.max_wait_for_missing_s:
+                if study_id not in self._waiting:
+                    self._waiting.add(study_id)
+                    add_event(
+                        session, study_id, "waiting",
+                        f"series {chosen.series_instance_uid} lacks instance numbers {missing}",
+                    )
+                return None
+            add_event(
+                session, study_id, "incomplete",
+                f"analysing series {chosen.series_instance_uid} without instances {missing}",
+            )
+        self._waiting.discard(study_id)
+        series_id = snap.series_ids[chosen.series_instance_uid]
+        sop_uids = snap.sop_uids[chosen.series_instance_uid]
+        db.set_series_state(session, series_id, SeriesState.SELECTED, chosen.reason)
+        db.mark_evaluated(session, study_id, now)
+        fingerprint = input_fingerprint(sop_uids, self._identity)
+        earlier = db.job_with_fingerprint(session, fingerprint)
+        if earlier is not None:
+            add_event(
+                session, study_id, "unchanged",
+                f"series {chosen.series_instance_uid} unchanged since job {earlier.id}; "
+                "not processed again",
+                job_id=earlier.id,
+            )
+            log.info("study %s unchanged since job %d", snap.study_instance_uid, earlier.id)
+            return None
+        add_event(
+            session, study_id, "study-complete",
+            f"series {chosen.series_instance_uid} chosen: {chosen.reason}",
+        )
+        job_id = db.enqueue_job(session, study_id, series_id, fingerprint, len(sop_uids))
+        log.info(
+            "study %s complete; job %d queued for series %s",
+            snap.study_instance_uid, job_id, chosen.series_instance_uid,
+        )
+        return job_id
+
+    def run(self, stop: threading.Event, interval_s: float) -> None:
+        while not stop.wait(interval_s):
+            try:
+                self.evaluate_due()
+            except Exception:  # keep the node up; the next round retries
+                log.exception("assembler round failed")

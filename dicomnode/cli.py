@@ -1,0 +1,285 @@
+"""The ``dicomnode`` command: serve, worker, status, analyze, send, echo, retry-export, requeue."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from dicomnode import __version__
+from dicomnode.config import Settings, load_settings
+from dicomnode.errors import DicomNodeError
+
+log = logging.getLogger("dicomnode")
+
+LOG_FORMAT = "%(asctime)s %(levelname)-7s %(processName)s %(name)s: %(message)s"
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), format=LOG_FORMAT, stream=sys.stderr)
+    # pynetdicom narrates every PDU at INFO; keep its warnings and errors only.
+    logging.getLogger("pynetdicom").setLevel(max(logging.WARNING, logging.root.level))
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    overrides: dict[str, Any] = {}
+    for name in ("port", "ae_title", "data_dir"):
+        value = getattr(args, name, None)
+        if value is not None:
+            overrides[f"node.{name}"] = value
+    return load_settings(args.config, overrides)
+
+
+def _wait_for_signal() -> threading.Event:
+    stop = threading.Event()
+
+    def _handler(signum: int, _frame: Any) -> None:
+        log.info("signal %d received; stopping", signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _handler)
+    signal.signal(signal.SIGINT, _handler)
+    return stop
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from dicomnode.node import Node
+
+    settings = _settings(args)
+    _setup_logging(settings.node.log_level)
+    stop = _wait_for_signal()
+    node = Node(settings, args.config)
+    node.start()
+    try:
+        while not stop.wait(1.0):
+            pass
+    finally:
+        node.stop()
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from dicomnode.config import pipeline_options
+    from dicomnode.db.engine import open_database
+    from dicomnode.processing import load_processor
+    from dicomnode.storage import Storage
+    from dicomnode.worker import Worker
+
+    settings = _settings(args)
+    _setup_logging(settings.node.log_level)
+    stop = _wait_for_signal()
+    storage = Storage(settings.node.data_dir, fsync=settings.node.fsync)
+    _engine, sessions = open_database(settings.database_url)
+    processor = load_processor(settings.pipeline.processor, pipeline_options(settings))
+    worker = Worker(settings, sessions, storage, processor)
+    if args.once:
+        worker.recover()
+        worker.run_once()
+        return 0
+    worker.run(stop)
+    return 0
+
+
+def _fmt_time(value: Any) -> str:
+    return value.strftime("%Y-%m-%d %H:%M:%S") if value is not None else "-"
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from dicomnode.db.engine import open_database
+    from dicomnode.db.models import ExportState
+    from dicomnode.db.reports import Reports
+
+    settings = _settings(args)
+    _setup_logging("WARNING")
+    _engine, sessions = open_database(settings.database_url)
+    reports = Reports(sessions)
+    if args.study:
+        events = reports.timeline(args.study)
+        if args.json:
+            print(json.dumps([e.__dict__ for e in events], default=str, indent=2))
+        for e in events:
+            job = f" job {e.job_id}" if e.job_id else ""
+            print(f"{_fmt_time(e.at)}  {e.kind:<16}{job}  {e.message}")
+        return 0 if events else 1
+    studies, jobs = reports.studies(args.limit), reports.jobs(args.limit)
+    failed = reports.exports((ExportState.FAILED,), args.limit)
+    counts = reports.counts()
+    if args.json:
+        print(json.dumps(
+            {
+                "counts": counts,
+                "studies": [s.__dict__ for s in studies],
+                "jobs": [j.__dict__ for j in jobs],
+                "failed_exports": [f.__dict__ for f in failed],
+            },
+            default=str, indent=2,
+        ))
+        return 0
+    print("Totals: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+    print(f"\nStudies ({len(studies)} most recent)")
+    print(f"{'study instance uid':<64}  {'series':>6} {'inst':>5}  {'last job':<8}  last received")
+    for s in studies:
+        print(f"{s.study_instance_uid:<64}  {s.series:>6} {s.instances:>5}  "
+              f"{s.last_job_state:<8}  {_fmt_time(s.last_received_at)}")
+        for reason in s.skipped:
+            print(f"    skipped {reason}")
+    print(f"\nJobs ({len(jobs)} most recent)")
+    print(f"{'id':>5}  {'state':<8} {'tries':>5}  {'exports sent/pending/failed':<28} series")
+    for j in jobs:
+        exports = f"{j.exports_sent}/{j.exports_pending}/{j.exports_failed}"
+        print(f"{j.job_id:>5}  {j.state:<8} {j.attempts:>5}  {exports:<28} {j.series_instance_uid}")
+        if j.error:
+            print(f"       error: {j.error.splitlines()[0][:160]}")
+    print(f"\nFailed exports ({len(failed)})")
+    for f in failed:
+        print(f"{f.export_id:>5}  job {f.job_id} {f.kind:<7} to {f.destination}: "
+              f"{f.attempts} attempts, {f.last_error[:120]}")
+    return 0
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from dicomnode.analyze import analyze_directory
+
+    settings = _settings(args)
+    overrides = {}
+    if args.classifier:
+        overrides["pipeline.classifier"] = args.classifier
+    if args.lungs:
+        overrides["pipeline.lung_segmentation"] = args.lungs
+    if overrides:
+        settings = load_settings(args.config, overrides)
+    _setup_logging(settings.node.log_level)
+    summary = analyze_directory(args.input_dir, args.out, settings)
+    for obj in summary["objects"]:
+        print(f"{obj['kind']:<8} {obj['path']}")
+    print(f"summary  {args.out / 'summary.json'}")
+    return 0
+
+
+def cmd_send(args: argparse.Namespace) -> int:
+    from dicomnode.send import send_files
+
+    _setup_logging("INFO" if args.verbose else "WARNING")
+    report = send_files(args.paths, args.host, args.port, args.aet, args.calling_aet)
+    print(f"sent {report.sent}, failed {report.failed}, not DICOM {report.not_dicom}")
+    for code, n in sorted(report.statuses.items()):
+        print(f"  status 0x{code:04X}: {n}")
+    return 0 if report.failed == 0 else 1
+
+
+def cmd_echo(args: argparse.Namespace) -> int:
+    from pynetdicom import AE
+    from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+    ae = AE(ae_title=args.calling_aet)
+    ae.add_requested_context(Verification)
+    assoc = ae.associate(args.host, args.port, ae_title=args.aet)
+    if not assoc.is_established:
+        print("association failed")
+        return 1
+    status = assoc.send_c_echo()
+    assoc.release()
+    code = int(getattr(status, "Status", -1))
+    print(f"C-ECHO status 0x{code:04X}")
+    return 0 if code == 0 else 1
+
+
+def cmd_retry_export(args: argparse.Namespace) -> int:
+    from dicomnode.db.engine import open_database
+    from dicomnode.db.exports import ExportLog
+
+    settings = _settings(args)
+    _engine, sessions = open_database(settings.database_url)
+    for export_id in args.export_ids:
+        ExportLog(sessions).retry(export_id)
+        print(f"export {export_id} queued again")
+    return 0
+
+
+def cmd_requeue(args: argparse.Namespace) -> int:
+    from dicomnode.db.engine import open_database
+    from dicomnode.db.queue import JobQueue
+
+    settings = _settings(args)
+    _engine, sessions = open_database(settings.database_url)
+    queue = JobQueue(sessions, max_attempts=settings.worker.max_attempts)
+    for job_id in args.job_ids:
+        queue.requeue(job_id)
+        print(f"job {job_id} queued again")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dicomnode", description="Chest-CT DICOM node: receive, analyse, return results."
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def with_config(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("--config", type=Path, default=None,
+                       help="TOML settings file (default: embedded defaults + environment)")
+        return p
+
+    p = with_config(sub.add_parser("serve", help="run the node: receiver, workers, exporter"))
+    p.add_argument("--port", type=int, help="override [node] port")
+    p.add_argument("--ae-title", dest="ae_title", help="override [node] ae_title")
+    p.add_argument("--data-dir", dest="data_dir", type=Path, help="override [node] data_dir")
+    p.set_defaults(func=cmd_serve)
+
+    p = with_config(sub.add_parser("worker", help="run one worker process"))
+    p.add_argument("--once", action="store_true", help="run at most one job, then exit")
+    p.set_defaults(func=cmd_worker)
+
+    p = with_config(sub.add_parser("status", help="studies, jobs, exports and failures"))
+    p.add_argument("--study", help="print the timeline of one study instance UID")
+    p.add_argument("--limit", type=int, default=20)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_status)
+
+    p = with_config(sub.add_parser("analyze", help="offline run on a folder of DICOM files"))
+    p.add_argument("input_dir", type=Path)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--classifier", choices=["decovnet", "cnn-bert", "none"])
+    p.add_argument("--lungs", choices=["unet", "morphological"])
+    p.set_defaults(func=cmd_analyze)
+
+    p = sub.add_parser("send", help="C-STORE files or folders to a DICOM peer")
+    p.add_argument("paths", type=Path, nargs="+")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=11112)
+    p.add_argument("--aet", default="CHESTCT", help="called AE title")
+    p.add_argument("--calling-aet", default="DICOMNODE-SCU")
+    p.add_argument("-v", "--verbose", action="store_true")
+    p.set_defaults(func=cmd_send)
+
+    p = sub.add_parser("echo", help="C-ECHO a DICOM peer")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=11112)
+    p.add_argument("--aet", default="CHESTCT")
+    p.add_argument("--calling-aet", default="DICOMNODE-SCU")
+    p.set_defaults(func=cmd_echo)
+
+    p = with_config(sub.add_parser("retry-export", help="send failed exports again"))
+    p.add_argument("export_ids", type=int, nargs="+")
+    p.set_defaults(func=cmd_retry_export)
+
+    p = with_config(sub.add_parser("requeue", help="run jobs again (same result UIDs)"))
+    p.add_argument("job_ids", type=int, nargs="+")
+    p.set_defaults(func=cmd_requeue)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except DicomNodeError as exc:
+        print(f"dicomnode: {exc}", file=sys.stderr)
+        return 2

@@ -1,0 +1,62 @@
+"""Engine and session setup. Nothing connects at import time; the caller owns each session.
+
+SQLite (the embedded default) gets WAL journaling, a busy timeout, foreign keys and
+``synchronous=FULL`` so that a committed row survives a power loss, not only a crash.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.orm import Session, sessionmaker
+
+log = logging.getLogger(__name__)
+
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA synchronous=FULL")
+    cursor.close()
+
+
+def make_engine(url: str) -> Engine:
+    """Create an engine for ``url``; SQLite files get the pragmas above on every connection."""
+    if url.startswith("sqlite"):
+        engine = create_engine(
+            url,
+            connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
+            pool_size=8,
+            max_overflow=16,
+        )
+        event.listen(engine, "connect", _sqlite_pragmas)
+        # pysqlite's own transaction handling defers BEGIN; emit BEGIN IMMEDIATE ourselves so
+        # that writers queue on the busy timeout instead of failing on lock upgrades.
+        event.listen(engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
+
+        @event.listens_for(engine, "connect")
+        def _no_implicit_begin(dbapi_connection: Any, _record: Any) -> None:
+            dbapi_connection.isolation_level = None
+
+        return engine
+    return create_engine(url, pool_pre_ping=True)
+
+
+def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
+    return sessionmaker(engine, expire_on_commit=False)
+
+
+def open_database(url: str, *, migrate: bool = True) -> tuple[Engine, sessionmaker[Session]]:
+    """Engine + session factory for ``url``, migrated to the newest schema unless told not to."""
+    from dicomnode.db.migrate import upgrade  # alembic is only needed when migrating
+
+    engine = make_engine(url)
+    if migrate:
+        upgrade(engine)
+    return engine, make_sessionmaker(engine)

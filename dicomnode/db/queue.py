@@ -1,0 +1,259 @@
+"""The job queue: claim with a lease, heartbeat, complete, fail. The worker never sees SQL.
+
+A claim is one conditional UPDATE (``WHERE id = ? AND (queued OR lease expired)``), so two
+workers cannot both win a job on SQLite or PostgreSQL. A job whose worker died keeps an
+expired lease and is claimed again; after ``max_attempts`` claims it fails for good.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from pydicom.uid import generate_uid
+from sqlalchemy import and_, or_, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from dicomnode.db.models import (
+    Export,
+    ExportState,
+    Instance,
+    Job,
+    JobState,
+    ResultObject,
+    Series,
+    Study,
+    utcnow,
+)
+from dicomnode.db.records import add_event
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class JobTicket:
+    """What a worker needs to run a job it has claimed."""
+
+    job_id: int
+    study_id: int
+    study_instance_uid: str
+    series_instance_uid: str
+    attempt: int
+    uid_root: str
+    files: tuple[str, ...]  # relative to the data directory, in receive order
+
+
+@dataclass(frozen=True)
+class PriorSR:
+    study_instance_uid: str
+    series_instance_uid: str
+    sop_instance_uid: str
+    sop_class_uid: str
+
+
+@dataclass(frozen=True)
+class NewResult:
+    kind: str
+    sop_class_uid: str
+    sop_instance_uid: str
+    series_instance_uid: str
+    path: str  # relative to the data directory
+
+
+class JobQueue:
+    def __init__(self, sessions: sessionmaker[Session], *, max_attempts: int) -> None:
+        self._sessions = sessions
+        self._max_attempts = max_attempts
+
+    def claim(self, owner: str, lease_s: float, now: datetime | None = None) -> JobTicket | None:
+        """Claim the oldest runnable job for ``owner``; None when there is nothing to do."""
+        now = now or utcnow()
+        runnable = or_(
+            Job.state == JobState.QUEUED,
+            and_(Job.state == JobState.RUNNING, Job.lease_expires_at < now),
+        )
+        with self._sessions() as session:
+            candidates = list(
+                session.scalars(select(Job.id).where(runnable).order_by(Job.id).limit(8))
+            )
+        for job_id in candidates:
+            with self._sessions() as session, session.begin():
+                claimed = session.execute(
+                    update(Job)
+                    .where(Job.id == job_id)
+                    .where(runnable)
+                    .values(
+                        state=JobState.RUNNING,
+                        lease_owner=owner,
+                        lease_expires_at=now + timedelta(seconds=lease_s),
+                        heartbeat_at=now,
+                        attempts=Job.attempts + 1,
+                        started_at=now,
+                    )
+                )
+                if claimed.rowcount != 1:  # type: ignore[attr-defined]
+                    continue
+                job = session.get_one(Job, job_id)
+                if job.attempts > self._max_attempts:
+                    job.state = JobState.FAILED
+                    job.finished_at = now
+                    job.error = job.error or "worker stopped during every attempt"
+                    add_event(
+                        session, job.study_id, "job-failed",
+                        f"gave up after {job.attempts - 1} attempts: {job.error}", job_id=job.id,
+                    )
+                    log.error("job %d failed for good: %s", job.id, job.error)
+                    continue
+                if not job.uid_root:
+                    job.uid_root = generate_uid(prefix=None)
+                series = session.get_one(Series, job.series_id)
+                study = session.get_one(Study, job.study_id)
+                files = tuple(
+                    session.scalars(
+                        select(Instance.path)
+                        .where(Instance.series_id == job.series_id)
+                        .order_by(Instance.id)
+                    )
+                )
+                add_event(
+                    session, job.study_id, "job-started",
+                    f"attempt {job.attempts} by {owner}", job_id=job.id,
+                )
+                return JobTicket(
+                    job_id=job.id,
+                    study_id=job.study_id,
+                    study_instance_uid=study.study_instance_uid,
+                    series_instance_uid=series.series_instance_uid,
+                    attempt=job.attempts,
+                    uid_root=job.uid_root,
+                    files=files,
+                )
+        return None
+
+    def heartbeat(self, job_id: int, owner: str, lease_s: float) -> bool:
+        """Extend the lease; False if this worker no longer holds the job."""
+        now = utcnow()
+        with self._sessions() as session, session.begin():
+            result = session.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.lease_owner == owner, Job.state == JobState.RUNNING)
+                .values(heartbeat_at=now, lease_expires_at=now + timedelta(seconds=lease_s))
+            )
+            return result.rowcount == 1  # type: ignore[attr-defined]
+
+    def prior_reports(self, study_id: int, before_job_id: int) -> list[PriorSR]:
+        """SRs of earlier finished jobs of the study, newest first (predecessor documents)."""
+        with self._sessions() as session:
+            rows = session.execute(
+                select(ResultObject, Study.study_instance_uid)
+                .join(Job, ResultObject.job_id == Job.id)
+                .join(Study, Job.study_id == Study.id)
+                .where(Job.study_id == study_id, Job.id < before_job_id)
+                .where(Job.state == JobState.DONE, ResultObject.kind == "SR")
+                .order_by(Job.id.desc())
+            )
+            return [
+                PriorSR(study_uid, r.series_instance_uid, r.sop_instance_uid, r.sop_class_uid)
+                for r, study_uid in rows
+            ]
+
+    def complete(
+        self,
+        job_id: int,
+        owner: str,
+        results: Sequence[NewResult],
+        summary: dict[str, Any],
+        destinations: Iterable[tuple[str, Sequence[str]]],
+    ) -> bool:
+        """Record results and queue one export per (result, destination that wants its kind).
+
+        All in one transaction: after a crash either everything is recorded or the job runs
+        again (with the same UIDs). False if the lease was lost to another worker.
+        """
+        now = utcnow()
+        with self._sessions() as session, session.begin():
+            job = session.get_one(Job, job_id)
+            if job.lease_owner != owner or job.state != JobState.RUNNING:
+                log.warning("job %d: lease lost before completion; results discarded", job_id)
+                return False
+            wanted = list(destinations)
+            for res in results:
+                obj = session.scalar(
+                    select(ResultObject).where(
+                        ResultObject.sop_instance_uid == res.sop_instance_uid
+                    )
+                )
+                if obj is None:  # first run; a re-run reuses the rows of the same UIDs
+                    obj = ResultObject(
+                        job_id=job_id,
+                        kind=res.kind,
+                        sop_class_uid=res.sop_class_uid,
+                        sop_instance_uid=res.sop_instance_uid,
+                        series_instance_uid=res.series_instance_uid,
+                        path=res.path,
+                    )
+                    session.add(obj)
+                    session.flush()
+                obj.path = res.path
+                existing = {
+                    e.destination: e
+                    for e in session.scalars(
+                        select(Export).where(Export.result_object_id == obj.id)
+                    )
+                }
+                for name, kinds in wanted:
+                    if res.kind not in kinds:
+                        continue
+                    export = existing.get(name)
+                    if export is None:
+                        session.add(Export(result_object_id=obj.id, destination=name))
+                    else:
+                        export.state = ExportState.PENDING
+                        export.attempts = 0
+                        export.next_attempt_at = now
+            job.state = JobState.DONE
+            job.finished_at = now
+            job.summary = summary
+            job.lease_expires_at = None
+            job.error = ""
+            add_event(
+                session, job.study_id, "job-done",
+                f"{len(results)} result objects written", job_id=job_id,
+            )
+        return True
+
+    def fail(self, job_id: int, owner: str, error: str, *, retry: bool) -> JobState:
+        """Record a failure; queue again while attempts remain and ``retry`` is True."""
+        now = utcnow()
+        with self._sessions() as session, session.begin():
+            job = session.get_one(Job, job_id)
+            if job.lease_owner != owner:
+                return job.state
+            again = retry and job.attempts < self._max_attempts
+            job.state = JobState.QUEUED if again else JobState.FAILED
+            job.error = error[:4000]
+            job.lease_expires_at = None
+            if not again:
+                job.finished_at = now
+            add_event(
+                session, job.study_id, "job-retry" if again else "job-failed",
+                f"attempt {job.attempts}: {error[:500]}", job_id=job_id,
+            )
+            return job.state
+
+    def requeue(self, job_id: int) -> None:
+        """Operator action: run a failed or finished job again (same UIDs, same objects)."""
+        with self._sessions() as session, session.begin():
+            job = session.get_one(Job, job_id)
+            job.state = JobState.QUEUED
+            job.attempts = 0
+            job.error = ""
+            add_event(session, job.study_id, "job-requeued", "by operator", job_id=job_id)
+
+
+def absolute_files(data_dir: Path, files: Sequence[str]) -> tuple[Path, ...]:
+    return tuple(data_dir / f for f in files)

@@ -1,0 +1,113 @@
+"""C-ECHO and C-STORE handlers: validate, persist durably, record, answer a precise status.
+
+Handlers never run inference and hold nothing heavy: the analysis happens in worker processes.
+A success status is returned only after the file is fsynced and renamed into place and its row
+is committed (see ``dicomnode.storage`` and ``dicomnode.db.records``).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from pydicom import Dataset
+from pynetdicom.events import Event
+from sqlalchemy.exc import SQLAlchemyError
+
+from dicomnode.db.records import InstanceRecord, InstanceRecorder
+from dicomnode.headers import float_value, int_value, text_value
+from dicomnode.statuses import StoreStatus
+from dicomnode.storage import DiskFullError, InvalidUIDError, Storage, check_uid
+
+log = logging.getLogger(__name__)
+
+ERROR_COMMENT_MAX_LEN = 64  # LO value representation
+
+
+def _status(code: StoreStatus, comment: str = "") -> Dataset:
+    ds = Dataset()
+    ds.Status = int(code)
+    if comment:
+        ds.ErrorComment = comment[:ERROR_COMMENT_MAX_LEN]
+    return ds
+
+
+def handle_echo(event: Event) -> int:
+    log.info("C-ECHO from %s", event.assoc.requestor.ae_title)
+    return int(StoreStatus.SUCCESS)
+
+
+def handle_store(event: Event, storage: Storage, recorder: InstanceRecorder) -> Dataset:
+    """Store one instance; every refusal names its reason in the status and in the log."""
+    request: Any = event.request
+    calling = str(event.assoc.requestor.ae_title).strip()
+    sop_uid = str(request.AffectedSOPInstanceUID or "")
+    sop_class = str(request.AffectedSOPClassUID or "")
+    try:
+        ds = event.dataset
+    except Exception as exc:  # pydicom raises many types on a corrupt stream
+        log.warning("refused instance %r from %s: undecodable data set (%s)", sop_uid, calling, exc)
+        return _status(StoreStatus.CANNOT_UNDERSTAND, "data set cannot be decoded")
+    try:
+        check_uid("Affected SOP Instance UID", sop_uid)
+        if str(ds.get("SOPInstanceUID", "")) != sop_uid:
+            raise InvalidUIDError("SOPInstanceUID in data set differs from the request")
+    except InvalidUIDError as exc:
+        log.warning("refused instance %r from %s: %s", sop_uid, calling, exc)
+        return _status(StoreStatus.INVALID_SOP_INSTANCE_UID, str(exc))
+    if str(ds.get("SOPClassUID", "")) != sop_class:
+        log.warning("refused instance %s from %s: SOP Class UID mismatch", sop_uid, calling)
+        return _status(
+            StoreStatus.DATASET_DOES_NOT_MATCH_SOP_CLASS, "SOPClassUID differs from the request"
+        )
+    study_uid = str(ds.get("StudyInstanceUID", ""))
+    series_uid = str(ds.get("SeriesInstanceUID", ""))
+    try:
+        path = storage.instance_path(study_uid, series_uid, sop_uid)
+    except InvalidUIDError as exc:
+        log.warning("refused instance %s from %s: %s", sop_uid, calling, exc)
+        return _status(StoreStatus.INVALID_STUDY_OR_SERIES_UID, str(exc))
+
+    try:
+        if recorder.exists(sop_uid):
+            log.debug("instance %s already stored; acknowledged without rewriting", sop_uid)
+            return _status(StoreStatus.SUCCESS)
+        size = storage.write_atomic(path, [event.encoded_dataset(include_meta=True)])
+    except DiskFullError as exc:
+        log.error("refused instance %s from %s: %s", sop_uid, calling, exc)
+        return _status(StoreStatus.OUT_OF_RESOURCES, str(exc))
+    except Exception as exc:
+        log.exception("failed to store instance %s from %s", sop_uid, calling)
+        return _status(StoreStatus.PROCESSING_FAILURE, f"storage failure: {type(exc).__name__}")
+
+    record = InstanceRecord(
+        study_instance_uid=study_uid,
+        series_instance_uid=series_uid,
+        sop_instance_uid=sop_uid,
+        sop_class_uid=sop_class,
+        transfer_syntax_uid=str(event.context.transfer_syntax),
+        modality=text_value(ds, "Modality"),
+        path=storage.relative(path),
+        size_bytes=size,
+        calling_ae_title=calling,
+        accession_number=text_value(ds, "AccessionNumber"),
+        series_number=int_value(ds, "SeriesNumber"),
+        series_description=text_value(ds, "SeriesDescription"),
+        instance_number=int_value(ds, "InstanceNumber"),
+        image_type=text_value(ds, "ImageType"),
+        rows=int_value(ds, "Rows"),
+        columns=int_value(ds, "Columns"),
+        image_position=text_value(ds, "ImagePositionPatient") or None,
+        image_orientation=text_value(ds, "ImageOrientationPatient") or None,
+        pixel_spacing=text_value(ds, "PixelSpacing") or None,
+        slice_thickness=float_value(ds, "SliceThickness"),
+        frame_of_reference_uid=text_value(ds, "FrameOfReferenceUID")[:64],
+        body_part=text_value(ds, "BodyPartExamined")[:32],
+    )
+    try:
+        recorder.record(record)
+    except SQLAlchemyError as exc:
+        log.error("instance %s written but not recorded: %s", sop_uid, exc)
+        return _status(StoreStatus.CANNOT_RECORD, "database unavailable")
+    log.debug("stored instance %s series %s from %s", sop_uid, series_uid, calling)
+    return _status(StoreStatus.SUCCESS)

@@ -1,0 +1,125 @@
+"""`dicomnode serve`: receiver, assembler and exporter in this process; workers as children.
+
+Workers are separate processes (``python -m dicomnode worker``) so the receiver never imports
+torch and a crashed or killed worker is simply started again; its job is resumed once its
+lease is released (dead local processes are detected at worker start) or expires.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from dicomnode.assembler import Assembler
+from dicomnode.config import Settings
+from dicomnode.db.engine import open_database
+from dicomnode.db.exports import ExportLog
+from dicomnode.db.records import InstanceRecorder
+from dicomnode.export import Exporter
+from dicomnode.scp import start_receiver
+from dicomnode.storage import Storage
+
+log = logging.getLogger(__name__)
+
+ASSEMBLER_MIN_INTERVAL_S = 0.2
+WORKER_RESTART_DELAY_S = 1.0
+WORKER_STOP_GRACE_S = 20.0
+
+
+class WorkerSupervisor:
+    """Keeps N worker processes running; restarts any that exit."""
+
+    def __init__(self, count: int, config_path: Path | None) -> None:
+        self._count = count
+        self._config_path = config_path
+        self._procs: list[subprocess.Popen[bytes]] = []
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        cmd = [sys.executable, "-m", "dicomnode", "worker"]
+        if self._config_path is not None:
+            cmd += ["--config", str(self._config_path)]
+        proc = subprocess.Popen(cmd, env=os.environ.copy())
+        log.info("started worker process %d", proc.pid)
+        return proc
+
+    @property
+    def pids(self) -> list[int]:
+        return [p.pid for p in self._procs]
+
+    def run(self, stop: threading.Event) -> None:
+        self._procs = [self._spawn() for _ in range(self._count)]
+        while not stop.wait(0.5):
+            for i, proc in enumerate(self._procs):
+                code = proc.poll()
+                if code is not None:
+                    log.warning("worker process %d exited with %s; restarting", proc.pid, code)
+                    time.sleep(WORKER_RESTART_DELAY_S)
+                    self._procs[i] = self._spawn()
+        for proc in self._procs:
+            proc.terminate()
+        deadline = time.monotonic() + WORKER_STOP_GRACE_S
+        for proc in self._procs:
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+class Node:
+    def __init__(self, settings: Settings, config_path: Path | None = None) -> None:
+        self.settings = settings
+        self.config_path = config_path
+        self.stop_event = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._server = None
+        self.supervisor = WorkerSupervisor(settings.node.workers, config_path)
+
+    def start(self) -> None:
+        s = self.settings
+        storage = Storage(s.node.data_dir, fsync=s.node.fsync, min_free_mb=s.node.min_free_disk_mb)
+        storage.clean_tmp()
+        _engine, sessions = open_database(s.database_url)
+        recorder = InstanceRecorder(sessions)
+        self._server = start_receiver(s.node, storage, recorder)
+        assembler = Assembler(sessions, s)
+        interval = max(ASSEMBLER_MIN_INTERVAL_S, min(2.0, s.node.quiet_period_s / 4))
+        exporter = Exporter(
+            ExportLog(sessions), s.destinations, s.export,
+            data_dir=storage.root, calling_ae_title=s.calling_ae_title,
+        )
+        self._threads = [
+            threading.Thread(
+                target=assembler.run, args=(self.stop_event, interval), name="assembler",
+                daemon=True,
+            ),
+            threading.Thread(
+                target=exporter.run, args=(self.stop_event,), name="exporter", daemon=True
+            ),
+        ]
+        if s.node.workers > 0:
+            self._threads.append(
+                threading.Thread(
+                    target=self.supervisor.run, args=(self.stop_event,), name="workers",
+                    daemon=True,
+                )
+            )
+        for thread in self._threads:
+            thread.start()
+        log.info(
+            "node %s up: data %s, %d worker(s), %d destination(s)",
+            s.node.ae_title, storage.root, s.node.workers, len(s.destinations),
+        )
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        if self._server is not None:
+            self._server.shutdown()
+        for thread in self._threads:
+            thread.join(timeout=WORKER_STOP_GRACE_S + 5)
+        log.info("node stopped")

@@ -1,0 +1,137 @@
+"""The worker: claim a job, run the processor, record results, queue exports.
+
+Runs in its own process (``dicomnode worker`` or a child of ``dicomnode serve``), never in the
+receiver. The processor, and with it the models, is loaded once per process. While a job runs
+a heartbeat thread extends its lease; if the process dies the lease expires and another worker
+(or this one after a restart) claims the job again with the same result UIDs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from pathlib import Path
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from dicomnode.config import Settings
+from dicomnode.db.queue import JobQueue, JobTicket, NewResult
+from dicomnode.db.reports import release_dead_local_leases
+from dicomnode.processing import PriorReport, Processor, ProcessRequest
+from dicomnode.storage import Storage
+
+log = logging.getLogger(__name__)
+
+
+def worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class Worker:
+    def __init__(
+        self,
+        settings: Settings,
+        sessions: sessionmaker[Session],
+        storage: Storage,
+        processor: Processor,
+        owner: str | None = None,
+    ) -> None:
+        self._settings = settings
+        self._storage = storage
+        self._processor = processor
+        self._queue = JobQueue(sessions, max_attempts=settings.worker.max_attempts)
+        self._sessions = sessions
+        self.owner = owner or worker_id()
+
+    def recover(self) -> int:
+        """Free jobs held by dead processes of this host, so a restart resumes them at once."""
+        return release_dead_local_leases(self._sessions, socket.gethostname())
+
+    def run_once(self) -> bool:
+        """Claim and run one job; False when the queue had nothing runnable."""
+        ticket = self._queue.claim(self.owner, self._settings.worker.lease_s)
+        if ticket is None:
+            return False
+        stop = threading.Event()
+        beat = threading.Thread(target=self._heartbeat, args=(ticket.job_id, stop), daemon=True)
+        beat.start()
+        started = time.monotonic()
+        try:
+            self._run(ticket)
+        except Exception as exc:
+            retry = bool(getattr(exc, "retryable", True))
+            state = self._queue.fail(
+                ticket.job_id, self.owner, f"{type(exc).__name__}: {exc}", retry=retry
+            )
+            log.error(
+                "job %d (series %s) failed on attempt %d: %s (now %s)",
+                ticket.job_id, ticket.series_instance_uid, ticket.attempt, exc, state.value,
+                exc_info=not retry,
+            )
+        else:
+            log.info(
+                "job %d (series %s) done in %.1f s",
+                ticket.job_id, ticket.series_instance_uid, time.monotonic() - started,
+            )
+        finally:
+            stop.set()
+            beat.join()
+        return True
+
+    def _run(self, ticket: JobTicket) -> None:
+        out_dir = self._storage.outbox_dir(ticket.job_id)
+        prior = self._queue.prior_reports(ticket.study_id, ticket.job_id)
+        request = ProcessRequest(
+            job_id=ticket.job_id,
+            files=tuple(self._storage.absolute(f) for f in ticket.files),
+            out_dir=out_dir,
+            uid_root=ticket.uid_root,
+            predecessors=tuple(
+                PriorReport(p.study_instance_uid, p.series_instance_uid, p.sop_instance_uid,
+                            p.sop_class_uid)
+                for p in prior
+            ),
+        )
+        outcome = self._processor.process(request)
+        results = []
+        for obj in outcome.objects:
+            path = Path(obj.path)
+            if not path.is_absolute():
+                path = out_dir / path
+            results.append(
+                NewResult(
+                    kind=obj.kind,
+                    sop_class_uid=obj.sop_class_uid,
+                    sop_instance_uid=obj.sop_instance_uid,
+                    series_instance_uid=obj.series_instance_uid,
+                    path=self._storage.relative(path),
+                )
+            )
+        destinations = [(d.name, d.objects) for d in self._settings.destinations]
+        self._queue.complete(
+            ticket.job_id, self.owner, results, dict(outcome.summary), destinations
+        )
+
+    def _heartbeat(self, job_id: int, stop: threading.Event) -> None:
+        while not stop.wait(self._settings.worker.heartbeat_s):
+            try:
+                if not self._queue.heartbeat(job_id, self.owner, self._settings.worker.lease_s):
+                    log.warning("job %d: lease lost to another worker", job_id)
+                    return
+            except Exception:
+                log.exception("job %d: heartbeat failed", job_id)
+
+    def run(self, stop: threading.Event) -> None:
+        self.recover()
+        log.info("worker %s waiting for jobs", self.owner)
+        while not stop.is_set():
+            try:
+                worked = self.run_once()
+            except Exception:
+                log.exception("worker round failed")
+                worked = False
+            if not worked:
+                stop.wait(self._settings.worker.poll_interval_s)
