@@ -78,7 +78,7 @@ class Assembler:
         if chosen is None:
             add_event(session, study_id, "no-series", "no analysable axial CT series in study")
             log.info("study %s: no analysable series", snap.study_instance_uid)
-            db.mark_evaluated(session, study_id, now)
+            db.mark_evaluated(session, study_id, snap.last_received_at)
             return None
         if chosen.missing_instance_numbers:
             waited_s = (now - snap.last_received_at).total_seconds()
@@ -99,7 +99,7 @@ class Assembler:
         series_id = snap.series_ids[chosen.series_instance_uid]
         sop_uids = snap.sop_uids[chosen.series_instance_uid]
         db.set_series_state(session, series_id, SeriesState.SELECTED, chosen.reason)
-        db.mark_evaluated(session, study_id, now)
+        db.mark_evaluated(session, study_id, snap.last_received_at)
         fingerprint = input_fingerprint(sop_uids, self._identity)
         earlier = db.job_with_fingerprint(session, fingerprint)
         if earlier is not None:

@@ -1,0 +1,122 @@
+"""Fixtures for the node's own tests: small synthetic CT instances, a database, a receiver."""
+
+from __future__ import annotations
+
+import socket
+import uuid
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pydicom import Dataset
+from pydicom.dataset import FileMetaDataset
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from sqlalchemy.orm import Session, sessionmaker
+
+from dicomnode.config import NodeSettings, Settings, load_settings
+from dicomnode.db.engine import open_database
+from dicomnode.db.records import InstanceRecorder
+from dicomnode.scp import start_receiver
+from dicomnode.storage import Storage
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def det_uid(*parts: str) -> str:
+    """A deterministic UID in the 2.25 (UUID) root from ``parts``."""
+    return "2.25." + str(uuid.uuid5(uuid.NAMESPACE_OID, "|".join(parts)).int)
+
+
+def ct_dataset(
+    study_uid: str,
+    series_uid: str,
+    index: int,
+    *,
+    spacing_mm: float = 2.0,
+    size: int = 16,
+    description: str = "CHEST",
+    image_type: str = "ORIGINAL\\PRIMARY\\AXIAL",
+    sop_uid: str | None = None,
+) -> Dataset:
+    """A tiny but complete CT Image Storage instance at slice ``index`` of an axial series."""
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = CTImageStorage
+    ds.SOPClassUID = CTImageStorage
+    ds.SOPInstanceUID = sop_uid or det_uid(series_uid, str(index))
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.StudyInstanceUID = study_uid
+    ds.SeriesInstanceUID = series_uid
+    ds.FrameOfReferenceUID = det_uid(study_uid, "for")
+    ds.PatientName = "Test^Synthetic"
+    ds.PatientID = "SYN-001"
+    ds.Modality = "CT"
+    ds.SeriesDescription = description
+    ds.SeriesNumber = 2
+    ds.InstanceNumber = index + 1
+    ds.ImageType = image_type.split("\\")
+    ds.ImagePositionPatient = [-100.0, -100.0, -index * spacing_mm]
+    ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+    ds.PixelSpacing = [0.7, 0.7]
+    ds.SliceThickness = spacing_mm
+    ds.Rows = ds.Columns = size
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated = 16
+    ds.BitsStored = 16
+    ds.HighBit = 15
+    ds.PixelRepresentation = 1
+    ds.RescaleIntercept = -1024
+    ds.RescaleSlope = 1
+    rng = np.random.default_rng(index)
+    ds.PixelData = rng.integers(0, 1500, (size, size), dtype=np.int16).tobytes()
+    return ds
+
+
+def ct_series(n: int, **kwargs: object) -> list[Dataset]:
+    study = generate_uid(prefix=None)
+    series = generate_uid(prefix=None)
+    return [ct_dataset(study, series, i, **kwargs) for i in range(n)]  # type: ignore[arg-type]
+
+
+@pytest.fixture()
+def settings(tmp_path: Path) -> Settings:
+    base = load_settings(None)
+    node = replace(
+        base.node,
+        host="127.0.0.1",
+        port=free_port(),
+        data_dir=tmp_path / "data",
+        quiet_period_s=0.5,
+        min_free_disk_mb=1,
+    )
+    return replace(base, node=node)
+
+
+@pytest.fixture()
+def sessions(settings: Settings) -> Iterator[sessionmaker[Session]]:
+    settings.node.data_dir.mkdir(parents=True, exist_ok=True)
+    engine, factory = open_database(settings.database_url)
+    yield factory
+    engine.dispose()
+
+
+@pytest.fixture()
+def storage(settings: Settings) -> Storage:
+    return Storage(settings.node.data_dir, fsync=True, min_free_mb=settings.node.min_free_disk_mb)
+
+
+@pytest.fixture()
+def receiver(
+    settings: Settings, storage: Storage, sessions: sessionmaker[Session]
+) -> Iterator[NodeSettings]:
+    server = start_receiver(settings.node, storage, InstanceRecorder(sessions))
+    yield settings.node
+    server.shutdown()
