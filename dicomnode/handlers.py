@@ -14,8 +14,8 @@ from pydicom import Dataset
 from pynetdicom.events import Event
 from sqlalchemy.exc import SQLAlchemyError
 
-from dicomnode.db.records import InstanceRecord, InstanceRecorder
-from dicomnode.headers import float_value, int_value, text_value
+from dicomnode.db.records import InstanceRecorder
+from dicomnode.headers import instance_record
 from dicomnode.statuses import StoreStatus
 from dicomnode.storage import DiskFullError, InvalidUIDError, Storage, check_uid
 
@@ -80,29 +80,13 @@ def handle_store(event: Event, storage: Storage, recorder: InstanceRecorder) -> 
         log.exception("failed to store instance %s from %s", sop_uid, calling)
         return _status(StoreStatus.PROCESSING_FAILURE, f"storage failure: {type(exc).__name__}")
 
-    record = InstanceRecord(
-        study_instance_uid=study_uid,
-        series_instance_uid=series_uid,
-        sop_instance_uid=sop_uid,
+    record = instance_record(
+        ds,
         sop_class_uid=sop_class,
         transfer_syntax_uid=str(event.context.transfer_syntax),
-        modality=text_value(ds, "Modality"),
         path=storage.relative(path),
         size_bytes=size,
         calling_ae_title=calling,
-        accession_number=text_value(ds, "AccessionNumber"),
-        series_number=int_value(ds, "SeriesNumber"),
-        series_description=text_value(ds, "SeriesDescription"),
-        instance_number=int_value(ds, "InstanceNumber"),
-        image_type=text_value(ds, "ImageType"),
-        rows=int_value(ds, "Rows"),
-        columns=int_value(ds, "Columns"),
-        image_position=text_value(ds, "ImagePositionPatient") or None,
-        image_orientation=text_value(ds, "ImageOrientationPatient") or None,
-        pixel_spacing=text_value(ds, "PixelSpacing") or None,
-        slice_thickness=float_value(ds, "SliceThickness"),
-        frame_of_reference_uid=text_value(ds, "FrameOfReferenceUID")[:64],
-        body_part=text_value(ds, "BodyPartExamined")[:32],
     )
     try:
         recorder.record(record)

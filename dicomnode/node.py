@@ -21,6 +21,7 @@ from dicomnode.db.engine import open_database
 from dicomnode.db.exports import ExportLog
 from dicomnode.db.records import InstanceRecorder
 from dicomnode.export import Exporter
+from dicomnode.recovery import reindex_spool
 from dicomnode.scp import start_receiver
 from dicomnode.storage import Storage
 
@@ -86,6 +87,7 @@ class Node:
         storage.clean_tmp()
         _engine, sessions = open_database(s.database_url)
         recorder = InstanceRecorder(sessions)
+        reindex_spool(storage, recorder)
         self._server = start_receiver(s.node, storage, recorder)
         assembler = Assembler(sessions, s)
         interval = max(ASSEMBLER_MIN_INTERVAL_S, min(2.0, s.node.quiet_period_s / 4))

@@ -129,7 +129,7 @@ class Storage:
                     size += len(chunk)
                 fh.flush()
                 if self.fsync:
-                    os.fsync(fh.fileno())
+                    os.fdatasync(fh.fileno())
             os.replace(tmp, path)
             if self.fsync:
                 _fsync_dir(folder)
@@ -139,6 +139,9 @@ class Storage:
                 raise DiskFullError(f"no space left writing {path.name}") from exc
             raise StorageError(f"cannot write {path.name}: {exc}") from exc
         return size
+
+    def spool_files(self) -> Iterable[Path]:
+        return (self.root / SPOOL_DIR).glob("*/*/*.dcm")
 
     def clean_tmp(self) -> int:
         """Remove partial files left by a crash; return how many were removed."""

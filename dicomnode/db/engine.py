@@ -1,7 +1,10 @@
 """Engine and session setup. Nothing connects at import time; the caller owns each session.
 
-SQLite (the embedded default) gets WAL journaling, a busy timeout, foreign keys and
-``synchronous=FULL`` so that a committed row survives a power loss, not only a crash.
+SQLite (the embedded default) gets WAL journaling, a busy timeout and foreign keys, with
+``synchronous=NORMAL``: a commit survives a crash of the process (kill -9) without an fsync of
+its own. After a power loss the newest commits may be missing, so at start-up the node
+re-indexes every fsynced spool file that has no row (``dicomnode.recovery``): the spool files
+are the durable record of what was acknowledged, the rows an index of them.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
     cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute("PRAGMA synchronous=FULL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.close()
 
 

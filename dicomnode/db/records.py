@@ -63,6 +63,10 @@ class InstanceRecorder:
             )
             return found is not None
 
+    def known_paths(self) -> set[str]:
+        with self._sessions() as session:
+            return set(session.scalars(select(Instance.path)))
+
     def record(self, rec: InstanceRecord) -> bool:
         """Insert the instance row and update its series/study; False if it was already there.
 

@@ -1,0 +1,46 @@
+"""Start-up recovery: index spool files whose rows were lost, remove partial files.
+
+Every acknowledged instance was fsynced into the spool before its success status; its row
+was committed too, but with SQLite's ``synchronous=NORMAL`` a power loss can drop the newest
+commits. Re-indexing the spool makes the database agree with the files again.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from pydicom import dcmread
+from pydicom.errors import InvalidDicomError
+
+from dicomnode.db.records import InstanceRecorder
+from dicomnode.headers import instance_record
+from dicomnode.storage import Storage
+
+log = logging.getLogger(__name__)
+
+
+def reindex_spool(storage: Storage, recorder: InstanceRecorder) -> int:
+    """Record every spool file that has no row; return how many were added."""
+    known = recorder.known_paths()
+    added = 0
+    for path in storage.spool_files():
+        relative = storage.relative(path)
+        if relative in known:
+            continue
+        try:
+            ds = dcmread(path, stop_before_pixels=True)
+        except (InvalidDicomError, OSError) as exc:
+            log.error("spool file %s cannot be read (%s); left in place", relative, exc)
+            continue
+        record = instance_record(
+            ds,
+            sop_class_uid=str(ds.file_meta.get("MediaStorageSOPClassUID", ds.get("SOPClassUID"))),
+            transfer_syntax_uid=str(ds.file_meta.TransferSyntaxUID),
+            path=relative,
+            size_bytes=path.stat().st_size,
+        )
+        if recorder.record(record):
+            added += 1
+    if added:
+        log.warning("re-indexed %d spool file(s) whose rows were missing", added)
+    return added
