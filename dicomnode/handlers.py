@@ -24,6 +24,13 @@ log = logging.getLogger(__name__)
 ERROR_COMMENT_MAX_LEN = 64  # LO value representation
 
 
+def _refuse(code: StoreStatus, reason: str, sop_uid: str, calling: str) -> Dataset:
+    """Log one line naming the instance, the sender, the status and the reason; answer it."""
+    level = logging.ERROR if code == StoreStatus.OUT_OF_RESOURCES else logging.WARNING
+    log.log(level, "refused instance %r from %s with 0x%04X: %s", sop_uid, calling, code, reason)
+    return _status(code, reason)
+
+
 def _status(code: StoreStatus, comment: str = "") -> Dataset:
     ds = Dataset()
     ds.Status = int(code)
@@ -46,27 +53,28 @@ def handle_store(event: Event, storage: Storage, recorder: InstanceRecorder) -> 
     try:
         ds = event.dataset
     except Exception as exc:  # pydicom raises many types on a corrupt stream
-        log.warning("refused instance %r from %s: undecodable data set (%s)", sop_uid, calling, exc)
-        return _status(StoreStatus.CANNOT_UNDERSTAND, "data set cannot be decoded")
+        return _refuse(
+            StoreStatus.CANNOT_UNDERSTAND, f"data set cannot be decoded ({exc})", sop_uid, calling
+        )
     try:
         check_uid("Affected SOP Instance UID", sop_uid)
         if str(ds.get("SOPInstanceUID", "")) != sop_uid:
             raise InvalidUIDError("SOPInstanceUID in data set differs from the request")
     except InvalidUIDError as exc:
-        log.warning("refused instance %r from %s: %s", sop_uid, calling, exc)
-        return _status(StoreStatus.INVALID_SOP_INSTANCE_UID, str(exc))
+        return _refuse(StoreStatus.INVALID_SOP_INSTANCE_UID, str(exc), sop_uid, calling)
     if str(ds.get("SOPClassUID", "")) != sop_class:
-        log.warning("refused instance %s from %s: SOP Class UID mismatch", sop_uid, calling)
-        return _status(
-            StoreStatus.DATASET_DOES_NOT_MATCH_SOP_CLASS, "SOPClassUID differs from the request"
+        return _refuse(
+            StoreStatus.DATASET_DOES_NOT_MATCH_SOP_CLASS,
+            "SOPClassUID differs from the request",
+            sop_uid,
+            calling,
         )
     study_uid = str(ds.get("StudyInstanceUID", ""))
     series_uid = str(ds.get("SeriesInstanceUID", ""))
     try:
         path = storage.instance_path(study_uid, series_uid, sop_uid)
     except InvalidUIDError as exc:
-        log.warning("refused instance %s from %s: %s", sop_uid, calling, exc)
-        return _status(StoreStatus.INVALID_STUDY_OR_SERIES_UID, str(exc))
+        return _refuse(StoreStatus.INVALID_STUDY_OR_SERIES_UID, str(exc), sop_uid, calling)
 
     try:
         if recorder.exists(sop_uid):
@@ -74,8 +82,7 @@ def handle_store(event: Event, storage: Storage, recorder: InstanceRecorder) -> 
             return _status(StoreStatus.SUCCESS)
         size = storage.write_atomic(path, [event.encoded_dataset(include_meta=True)])
     except DiskFullError as exc:
-        log.error("refused instance %s from %s: %s", sop_uid, calling, exc)
-        return _status(StoreStatus.OUT_OF_RESOURCES, str(exc))
+        return _refuse(StoreStatus.OUT_OF_RESOURCES, str(exc), sop_uid, calling)
     except Exception as exc:
         log.exception("failed to store instance %s from %s", sop_uid, calling)
         return _status(StoreStatus.PROCESSING_FAILURE, f"storage failure: {type(exc).__name__}")

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -46,6 +46,23 @@ def add_event(
     session.add(Event(study_id=study_id, job_id=job_id, kind=kind, message=message))
 
 
+_INSTANCE_COLUMNS = frozenset(c.key for c in Instance.__table__.columns) - {"id"}
+_FIND_INSTANCE = select(Instance.id).where(Instance.sop_instance_uid == bindparam("uid"))
+_INSERT_INSTANCE = insert(Instance).prefix_with("OR IGNORE", dialect="sqlite")
+_TOUCH_SERIES = (
+    update(Series)
+    .where(Series.id == bindparam("sid"))
+    .values(
+        instance_count=Series.instance_count + 1,
+        last_received_at=bindparam("now"),
+        state=SeriesState.RECEIVING,
+    )
+)
+_TOUCH_STUDY = (
+    update(Study).where(Study.id == bindparam("sid")).values(last_received_at=bindparam("now"))
+)
+
+
 class InstanceRecorder:
     """Commits one row per received instance; caches study/series ids across instances.
 
@@ -58,10 +75,8 @@ class InstanceRecorder:
 
     def exists(self, sop_instance_uid: str) -> bool:
         with self._sessions() as session:
-            found = session.scalar(
-                select(Instance.id).where(Instance.sop_instance_uid == sop_instance_uid)
-            )
-            return found is not None
+            found = session.connection().execute(_FIND_INSTANCE, {"uid": sop_instance_uid})
+            return found.first() is not None
 
     def known_paths(self) -> set[str]:
         with self._sessions() as session:
@@ -83,48 +98,19 @@ class InstanceRecorder:
         return False
 
     def _record_once(self, rec: InstanceRecord) -> bool:
+        # Prebuilt statements, one short transaction: this runs once per received instance.
         now = utcnow()
-        with self._sessions() as session:
-            with session.begin():
-                study_id, series_id = self._ids(session, rec, now)
-                if session.scalar(
-                    select(Instance.id).where(Instance.sop_instance_uid == rec.sop_instance_uid)
-                ):
-                    return False
-                session.add(
-                    Instance(
-                        series_id=series_id,
-                        sop_instance_uid=rec.sop_instance_uid,
-                        sop_class_uid=rec.sop_class_uid,
-                        transfer_syntax_uid=rec.transfer_syntax_uid,
-                        path=rec.path,
-                        size_bytes=rec.size_bytes,
-                        received_at=now,
-                        calling_ae_title=rec.calling_ae_title,
-                        instance_number=rec.instance_number,
-                        image_type=rec.image_type,
-                        rows=rec.rows,
-                        columns=rec.columns,
-                        image_position=rec.image_position,
-                        image_orientation=rec.image_orientation,
-                        pixel_spacing=rec.pixel_spacing,
-                        slice_thickness=rec.slice_thickness,
-                        frame_of_reference_uid=rec.frame_of_reference_uid,
-                        body_part=rec.body_part,
-                    )
-                )
-                session.execute(
-                    update(Series)
-                    .where(Series.id == series_id)
-                    .values(
-                        instance_count=Series.instance_count + 1,
-                        last_received_at=now,
-                        state=SeriesState.RECEIVING,
-                    )
-                )
-                session.execute(
-                    update(Study).where(Study.id == study_id).values(last_received_at=now)
-                )
+        values = {k: v for k, v in asdict(rec).items() if k in _INSTANCE_COLUMNS}
+        with self._sessions() as session, session.begin():
+            study_id, series_id = self._ids(session, rec, now)
+            conn = session.connection()
+            inserted = conn.execute(
+                _INSERT_INSTANCE, {"series_id": series_id, "received_at": now, **values}
+            )
+            if inserted.rowcount != 1:
+                return False
+            conn.execute(_TOUCH_SERIES, {"sid": series_id, "now": now})
+            conn.execute(_TOUCH_STUDY, {"sid": study_id, "now": now})
         self._series_ids[rec.series_instance_uid] = (study_id, series_id)
         return True
 

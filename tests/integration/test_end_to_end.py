@@ -1,0 +1,112 @@
+"""A PACS (Orthanc) or a modality (dcmtk storescu) sends a real chest CT; SEG and SR come back.
+
+The node runs as `dicomnode serve` in its own process group with one worker process; the
+results are checked where the user meets them: in Orthanc, with dciodvfy and highdicom.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import highdicom as hd
+import pydicom
+import pytest
+
+from tests.peers.dcmtk import storescu
+from tests.peers.dicom3tools import dciodvfy_errors
+from tests.peers.orthanc import OrthancPeer
+from tests.peers.studies import PreparedSeries, recompress
+
+from .node_process import NodeProcess
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+SEG_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
+SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.34"
+RESULT_TIMEOUT_S = 240.0
+
+
+def node_for(orthanc: OrthancPeer, work_dir: Path, **sections) -> NodeProcess:
+    return NodeProcess(
+        work_dir,
+        destinations=[{"name": "pacs", "ae_title": orthanc.aet, "host": orthanc.host,
+                       "port": orthanc.dicom_port}],
+        sections=sections,
+    )
+
+
+def results_in_pacs(orthanc: OrthancPeer, study_uid: str) -> dict[str, list]:
+    found: dict[str, list] = {SEG_CLASS: [], SR_CLASS: []}
+    for inst in orthanc.instances_of_study(study_uid):
+        if inst.sop_class_uid in found:
+            found[inst.sop_class_uid].append(inst)
+    return found
+
+
+def wait_for_results(orthanc: OrthancPeer, node: NodeProcess, study_uid: str) -> dict[str, list]:
+    return node.wait_for(
+        lambda: (lambda r: r if r[SEG_CLASS] and r[SR_CLASS] else None)(
+            results_in_pacs(orthanc, study_uid)),
+        RESULT_TIMEOUT_S, "SEG and SR in the PACS",
+    )
+
+
+def check_result_files(orthanc: OrthancPeer, results: dict[str, list], tmp: Path,
+                       series: PreparedSeries) -> None:
+    (seg_inst,) = results[SEG_CLASS]
+    (sr_inst,) = results[SR_CLASS]
+    seg_path, sr_path = tmp / "seg.dcm", tmp / "sr.dcm"
+    seg_path.write_bytes(orthanc.get_file(seg_inst.orthanc_id))
+    sr_path.write_bytes(orthanc.get_file(sr_inst.orthanc_id))
+    assert dciodvfy_errors(seg_path) == []
+    assert dciodvfy_errors(sr_path) == []
+    seg = hd.seg.segread(seg_path)
+    sr = hd.sr.srread(sr_path)
+    assert seg.StudyInstanceUID == sr.StudyInstanceUID == series.study_instance_uid
+    referenced = {
+        ref.ReferencedSOPInstanceUID
+        for item in seg.ReferencedSeriesSequence
+        for ref in item.ReferencedInstanceSequence
+    }
+    sources = {str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID)
+               for p in series.files}
+    assert referenced == sources
+
+
+def test_orthanc_sends_study_and_receives_seg_and_sr(orthanc, covid_study, tmp_path) -> None:
+    orthanc.upload(covid_study.files)
+    with node_for(orthanc, tmp_path / "node") as node:
+        orthanc.add_modality("chestct", node.ae_title, node.host, node.port)
+        study_id = orthanc.find_by_study_uid(covid_study.study_instance_uid)
+        orthanc.store_to_modality("chestct", [study_id])
+        results = wait_for_results(orthanc, node, covid_study.study_instance_uid)
+        check_result_files(orthanc, results, tmp_path, covid_study)
+        rows = node.query("select state, attempts from jobs")
+        assert rows == [("done", 1)]
+        sent = node.query("select count(*) from exports where state = 'sent'")
+        assert sent == [(2,)]
+        kinds = [k for (k,) in node.query("select kind from events order by id")]
+        for expected in ("study-received", "study-complete", "job-queued", "job-started",
+                         "job-done", "exported"):
+            assert expected in kinds
+
+
+@pytest.mark.parametrize(
+    "syntax",
+    [None, "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.90"],
+    ids=["jpeg-lossless", "jpeg-ls", "jpeg-2000"],
+)
+def test_storescu_sends_study_in_each_compression(orthanc, covid_study, tmp_path, syntax) -> None:
+    files = list(covid_study.files)
+    if syntax is not None:
+        files = recompress(files, tmp_path / "recompressed", syntax)
+        assert str(pydicom.dcmread(files[0], stop_before_pixels=True)
+                   .file_meta.TransferSyntaxUID) == syntax
+    with node_for(orthanc, tmp_path / "node") as node:
+        sent = storescu(files, node.host, node.port, node.ae_title)
+        assert sent.returncode == 0, sent.stderr[-2000:]
+        (stored_syntaxes,) = node.query(
+            "select group_concat(distinct transfer_syntax_uid) from instances")
+        assert stored_syntaxes[0] == (syntax or "1.2.840.10008.1.2.4.70")
+        results = wait_for_results(orthanc, node, covid_study.study_instance_uid)
+        check_result_files(orthanc, results, tmp_path, covid_study)
