@@ -109,6 +109,9 @@ class WebSettings:
     token: str = ""
     username: str = ""
     password: str = ""
+    ohif_dir: Path = Path("vendor/ohif/dist")  # prebuilt OHIF viewer, fetched by deploy/setup
+    dicomweb: str = "local"  # "local": the node's own QIDO/WADO-RS; "proxy": pass to pacs_url
+    pacs_dicomweb_url: str = ""  # e.g. http://pacs:8042/dicom-web (used when dicomweb = proxy)
 
 
 @dataclass(frozen=True)
@@ -302,6 +305,10 @@ def _validate(s: Settings) -> None:
         raise ConfigError("[pipeline] lung_segmentation must be 'unet' or 'morphological'")
     if s.web.auth not in ("token", "basic", "none"):
         raise ConfigError("[web] auth must be 'token', 'basic' or 'none'")
+    if s.web.dicomweb not in ("local", "proxy"):
+        raise ConfigError("[web] dicomweb must be 'local' or 'proxy'")
+    if s.web.dicomweb == "proxy" and not s.web.pacs_dicomweb_url:
+        raise ConfigError("[web] dicomweb = 'proxy' needs pacs_dicomweb_url")
     if s.worker.lease_s <= s.worker.heartbeat_s:
         raise ConfigError("[worker] lease_s must be longer than heartbeat_s")
 
