@@ -79,8 +79,8 @@ def analyze_directory(input_dir: Path, out_dir: Path, settings: Settings) -> dic
     )
     outcome = processor.process(request)
     summary: dict[str, Any] = {
+        **dict(outcome.summary),
         "input_dir": str(input_dir),
-        "series_instance_uid": chosen,
         "series_choice": selection.chosen.reason,
         "skipped_series": skipped,
         "objects": [
@@ -93,7 +93,6 @@ def analyze_directory(input_dir: Path, out_dir: Path, settings: Settings) -> dic
             }
             for o in outcome.objects
         ],
-        **dict(outcome.summary),
     }
-    (out_dir / "summary.json").writetext_value(json.dumps(summary, indent=2, default=str) + "\n")
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     return summary

@@ -156,8 +156,12 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         settings = load_settings(args.config, overrides)
     _setup_logging(settings.node.log_level)
     summary = analyze_directory(args.input_dir, args.out, settings)
+    by_kind: dict[str, list[str]] = {}
     for obj in summary["objects"]:
-        print(f"{obj['kind']:<8} {obj['path']}")
+        by_kind.setdefault(obj["kind"], []).append(obj["path"])
+    for kind, paths in by_kind.items():
+        shown = paths[0] if len(paths) == 1 else f"{len(paths)} files in {Path(paths[0]).parent}"
+        print(f"{kind:<8} {shown}")
     print(f"summary  {args.out / 'summary.json'}")
     return 0
 

@@ -23,6 +23,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 SEG_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
 SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.34"
+SC_CLASS = "1.2.840.10008.5.1.4.1.1.7"
 RESULT_TIMEOUT_S = 240.0
 
 
@@ -83,8 +84,20 @@ def test_orthanc_sends_study_and_receives_seg_and_sr(orthanc, covid_study, tmp_p
         check_result_files(orthanc, results, tmp_path, covid_study)
         rows = node.query("select state, attempts from jobs")
         assert rows == [("done", 1)]
-        sent = node.query("select count(*) from exports where state = 'sent'")
-        assert sent == [(2,)]
+        node.wait_for(lambda: not node.query("select 1 from exports where state != 'sent'"),
+                      RESULT_TIMEOUT_S, "every export sent")
+        per_kind = dict(node.query(
+            "select r.kind, count(*) from exports e join result_objects r "
+            "on e.result_object_id = r.id group by r.kind"))
+        assert per_kind["SEG"] == 1 and per_kind["SR"] == 1 and per_kind["OVERLAY"] > 50
+        # the overlay series is in the PACS too, and every result is retrievable over DICOMweb
+        in_pacs = orthanc.instances_of_study(covid_study.study_instance_uid)
+        overlay = [i for i in in_pacs if i.sop_class_uid == SC_CLASS]
+        assert len(overlay) == per_kind["OVERLAY"]
+        for inst in (results[SEG_CLASS][0], results[SR_CLASS][0], overlay[0]):
+            body = orthanc.wado_instance(covid_study.study_instance_uid,
+                                         inst.series_instance_uid, inst.sop_instance_uid)
+            assert inst.sop_instance_uid.encode() in body
         kinds = [k for (k,) in node.query("select kind from events order by id")]
         for expected in ("study-received", "study-complete", "job-queued", "job-started",
                          "job-done", "exported"):

@@ -1,0 +1,162 @@
+"""The JSON API under ``/api``: studies (series, skip reasons, jobs), a study's timeline, jobs,
+exports, totals, and the two operator actions (retry an export, requeue a job).
+
+Times are UTC in ISO 8601 with a ``Z``. No patient names: the database holds none.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, HTTPException, Query
+from sqlalchemy.orm import Session
+
+from dicomnode.db import webqueries as wq
+from dicomnode.db.exports import ExportLog
+from dicomnode.db.models import ExportState, JobState
+from dicomnode.db.queue import JobQueue
+from dicomnode.web.context import WebContext, get_ctx, get_session, release
+
+MAX_PAGE = 1000
+
+router = APIRouter(prefix="/api", tags=["api"])
+
+SessionDep = Annotated[Session, Depends(get_session)]
+CtxDep = Annotated[WebContext, Depends(get_ctx)]
+Limit = Annotated[int, Query(ge=1, le=MAX_PAGE)]
+Offset = Annotated[int, Query(ge=0)]
+
+
+def iso(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat() + "Z"
+
+
+def plain(value: Any) -> Any:
+    """Dataclasses, tuples and datetimes as JSON-ready values."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, list | tuple):
+        return [plain(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, datetime):
+        return iso(value)
+    return value
+
+
+class ActionRefusedError(Exception):
+    """An operator action that does not apply to the object's current state."""
+
+
+def retry_export(ctx: WebContext, session: Session, export_id: int) -> wq.ExportView:
+    """Send a failed (or already sent) export again; refused while it is being sent."""
+    state = wq.export_state(session, export_id)
+    if state is None:
+        raise LookupError(f"export {export_id} not found")
+    if state == ExportState.SENDING:
+        raise ActionRefusedError(f"export {export_id} is being sent right now")
+    release(session)
+    ExportLog(ctx.sessions).retry(export_id)
+    view = wq.export_view(session, export_id)
+    if view is None:
+        raise LookupError(f"export {export_id} not found")
+    return view
+
+
+def requeue_job(ctx: WebContext, session: Session, job_id: int) -> wq.JobView:
+    """Run a failed or finished job again; refused while a worker holds it."""
+    state = wq.job_state(session, job_id)
+    if state is None:
+        raise LookupError(f"job {job_id} not found")
+    if state == JobState.RUNNING:
+        raise ActionRefusedError(f"job {job_id} is running")
+    release(session)
+    JobQueue(ctx.sessions, max_attempts=ctx.settings.worker.max_attempts).requeue(job_id)
+    view = wq.job_detail(session, job_id)
+    if view is None:
+        raise LookupError(f"job {job_id} not found")
+    return view
+
+
+@router.get("/counts")
+def counts(session: SessionDep) -> dict[str, Any]:
+    """Studies, series, instances; jobs and exports by state."""
+    return wq.totals(session)
+
+
+@router.get("/studies")
+def studies(session: SessionDep, limit: Limit = 50, offset: Offset = 0) -> dict[str, Any]:
+    """Studies, most recently received first, with their status and export counts."""
+    rows = wq.list_studies(session, limit=limit, offset=offset)
+    return {"limit": limit, "offset": offset, "studies": plain(rows)}
+
+
+@router.get("/studies/{study_uid}")
+def study(study_uid: str, session: SessionDep) -> dict[str, Any]:
+    """One study: summary, series with skip reasons, jobs with results and exports, timeline."""
+    detail = wq.study_detail(session, study_uid)
+    if detail is None:
+        raise HTTPException(status_code=404, detail="study not found")
+    return plain(detail)
+
+
+@router.get("/studies/{study_uid}/timeline")
+def timeline(study_uid: str, session: SessionDep) -> dict[str, Any]:
+    """The study's events, oldest first: received, complete, job, each export."""
+    events = wq.study_timeline(session, study_uid)
+    if events is None:
+        raise HTTPException(status_code=404, detail="study not found")
+    return {"study_instance_uid": study_uid, "events": plain(events)}
+
+
+@router.get("/jobs")
+def jobs(
+    session: SessionDep, state: JobState | None = None, limit: Limit = 50, offset: Offset = 0
+) -> dict[str, Any]:
+    """Jobs, newest first: state, attempts, error, result objects and their exports."""
+    rows = wq.list_jobs(session, state=state, limit=limit, offset=offset)
+    return {"limit": limit, "offset": offset, "jobs": plain(rows)}
+
+
+@router.get("/jobs/{job_id}")
+def job(job_id: int, session: SessionDep) -> dict[str, Any]:
+    view = wq.job_detail(session, job_id)
+    if view is None:
+        raise HTTPException(status_code=404, detail="job not found")
+    return plain(view)
+
+
+@router.get("/exports")
+def exports(
+    session: SessionDep,
+    state: Annotated[list[ExportState] | None, Query()] = None,
+    limit: Limit = 100,
+    offset: Offset = 0,
+) -> dict[str, Any]:
+    """Exports, newest first: state, attempts, last DIMSE status and error; ``?state=failed``."""
+    rows = wq.list_exports(session, states=state or (), limit=limit, offset=offset)
+    return {"limit": limit, "offset": offset, "exports": plain(rows)}
+
+
+@router.post("/exports/{export_id}/retry")
+def retry(export_id: int, session: SessionDep, ctx: CtxDep) -> dict[str, Any]:
+    """Operator action: send the export again now (state back to pending, attempts to 0)."""
+    try:
+        return {"export": plain(retry_export(ctx, session, export_id))}
+    except LookupError as exc:
+        raise HTTPException(status_code=404, detail=str(exc)) from exc
+    except ActionRefusedError as exc:
+        raise HTTPException(status_code=409, detail=str(exc)) from exc
+
+
+@router.post("/jobs/{job_id}/requeue")
+def requeue(job_id: int, session: SessionDep, ctx: CtxDep) -> dict[str, Any]:
+    """Operator action: queue the job again (same result UIDs, same result objects)."""
+    try:
+        return {"job": plain(requeue_job(ctx, session, job_id))}
+    except LookupError as exc:
+        raise HTTPException(status_code=404, detail=str(exc)) from exc
+    except ActionRefusedError as exc:
+        raise HTTPException(status_code=409, detail=str(exc)) from exc

@@ -1,0 +1,130 @@
+"""``create_app``: the node's web app — operators' pages, JSON API, /healthz, /metrics,
+DICOMweb (local or proxied to the PACS) and the OHIF viewer — as one FastAPI application.
+
+It reads the same database and data directory as the rest of the node; the caller owns the
+session factory and the storage. Nothing connects or reads files when this module is imported.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
+from sqlalchemy.orm import Session, sessionmaker
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from dicomnode import __version__
+from dicomnode.config import Settings
+from dicomnode.storage import Storage
+from dicomnode.web import api, dicomweb, health, metrics, pages
+from dicomnode.web.auth import Authenticator, AuthMiddleware
+from dicomnode.web.context import WebContext
+from dicomnode.web.dicomjson import HeaderCache
+from dicomnode.web.ohif import find_ohif_dir, ohif_router
+from dicomnode.web.proxy import DicomwebProxy, proxy_router
+
+log = logging.getLogger(__name__)
+
+STATIC_DIR = pages.TEMPLATES_DIR.with_name("static")
+SECURITY_HEADERS = (
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"same-origin"),
+)
+
+
+class SecurityHeaders:
+    """Adds headers every response should carry (no MIME sniffing, no referrer leaks)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                names = {name.lower() for name, _ in message.get("headers", [])}
+                extra = [(k, v) for k, v in SECURITY_HEADERS if k not in names]
+                message["headers"] = list(message.get("headers", [])) + extra
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+def create_app(
+    settings: Settings,
+    sessions: sessionmaker[Session],
+    storage: Storage,
+    *,
+    receiver_alive: Callable[[], bool] | None = None,
+    proxy_transport: object | None = None,
+) -> FastAPI:
+    """Build the web app. Raises ConfigError when authentication is not configured safely
+    (``auth = "token"`` without a token, ``basic`` without user and password).
+
+    ``receiver_alive`` tells /healthz and /metrics whether the DICOM receiver listens;
+    ``proxy_transport`` (an ``httpx.AsyncBaseTransport``) replaces the network in tests of the
+    proxy mode.
+    """
+    web = settings.web
+    authenticator = Authenticator(web)
+    if web.auth == "none":
+        log.warning("web app without authentication ([web] auth = 'none'): closed networks only")
+    ohif_dir = find_ohif_dir(web.ohif_dir)
+    proxy = (
+        DicomwebProxy(web.pacs_dicomweb_url, transport=proxy_transport)  # type: ignore[arg-type]
+        if web.dicomweb == "proxy"
+        else None
+    )
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        if proxy is not None:
+            await proxy.aclose()
+
+    app = FastAPI(
+        title="Chest-CT DICOM node",
+        version=__version__,
+        docs_url=None,  # the interactive docs load scripts from a CDN; the schema is enough
+        redoc_url=None,
+        openapi_url="/api/openapi.json",
+        lifespan=lifespan,
+    )
+    app.state.ctx = WebContext(
+        settings=settings,
+        sessions=sessions,
+        storage=storage,
+        headers=HeaderCache(storage.root),
+        ohif_dir=ohif_dir,
+        receiver_alive=receiver_alive,
+    )
+    app.state.authenticator = authenticator
+    app.state.templates = pages.make_templates()
+    app.state.job_timings = metrics.JobTimings()
+
+    app.include_router(health.router)
+    app.include_router(metrics.router)
+    app.include_router(api.router)
+    app.include_router(pages.router)
+    if proxy is not None:
+        app.include_router(proxy_router(proxy))
+    else:
+        app.include_router(dicomweb.router)
+        app.include_router(dicomweb.wado_uri_router)
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    app.include_router(ohif_router(ohif_dir))  # last: its fallback answers every other path
+
+    app.add_middleware(AuthMiddleware, authenticator=authenticator)
+    app.add_middleware(SecurityHeaders)
+    log.info(
+        "web app: auth %s, DICOMweb %s%s, viewer %s", web.auth, web.dicomweb,
+        f" to {proxy.upstream_public}" if proxy is not None else "",
+        ohif_dir if ohif_dir is not None else "not installed",
+    )
+    return app

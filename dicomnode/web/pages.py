@@ -1,0 +1,216 @@
+"""Server-rendered pages for operators (no build step): the dashboard, a study's page with its
+timeline, series, results and exports, the retry/requeue forms, and the login form.
+
+Pages live under ``/node/`` so that the OHIF viewer can own ``/``. Templates autoescape every
+value; the forms post to this origin only (see ``dicomnode.web.auth``).
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import parse_qs, urlencode
+
+import jinja2
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.templating import Jinja2Templates
+from sqlalchemy.orm import Session
+
+from dicomnode import __version__
+from dicomnode.db import webqueries as wq
+from dicomnode.db.models import ExportState, utcnow
+from dicomnode.web.api import ActionRefusedError, requeue_job, retry_export
+from dicomnode.web.auth import COOKIE_NAME, local_target
+from dicomnode.web.context import WebContext, get_ctx, get_session, release
+
+log = logging.getLogger(__name__)
+
+TEMPLATES_DIR = Path(__file__).with_name("templates")
+STUDIES_PER_PAGE = 50
+JOBS_ON_DASHBOARD = 30
+FAILED_EXPORTS_SHOWN = 100
+LOGIN_BODY_MAX_BYTES = 8192
+NOTICES = {
+    "export-retried": ("ok", "Export {id} queued to be sent again."),
+    "job-requeued": ("ok", "Job {id} queued to run again."),
+    "refused": ("error", "Not done: {reason}"),
+}
+
+router = APIRouter(include_in_schema=False)
+
+SessionDep = Annotated[Session, Depends(get_session)]
+CtxDep = Annotated[WebContext, Depends(get_ctx)]
+NextUrl = Annotated[str | None, Query(alias="next")]
+
+
+def _utc(value: datetime | None) -> str:
+    return "" if value is None else value.strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _ago(value: datetime | None) -> str:
+    """A short relative age ("42 s ago", "3 min ago", "5 h ago", "2 d ago")."""
+    if value is None:
+        return ""
+    seconds = max(0, int((utcnow() - value).total_seconds()))
+    if seconds < 90:
+        return f"{seconds} s ago"
+    if seconds < 90 * 60:
+        return f"{seconds // 60} min ago"
+    if seconds < 36 * 3600:
+        return f"{seconds // 3600} h ago"
+    return f"{seconds // 86400} d ago"
+
+
+def _short_uid(value: str, keep: int = 10) -> str:
+    """``1.2.826.0…4711.3``: the start and end of a long UID (the full one goes in a title)."""
+    return value if len(value) <= 2 * keep + 1 else f"{value[:keep]}…{value[-keep:]}"
+
+
+def _status_hex(value: int | None) -> str:
+    return "" if value is None else f"0x{value:04X}"
+
+
+def _duration(start: datetime | None, end: datetime | None) -> str:
+    if start is None or end is None:
+        return ""
+    seconds = (end - start).total_seconds()
+    return f"{seconds:.1f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+
+
+def make_templates() -> Jinja2Templates:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATES_DIR),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters.update(utc=_utc, ago=_ago, short_uid=_short_uid, status_hex=_status_hex)
+    env.globals.update(duration=_duration, version=__version__)
+    return Jinja2Templates(env=env)
+
+
+def _render(request: Request, name: str, context: dict[str, Any], status: int = 200) -> Response:
+    ctx = get_ctx(request)
+    templates: Jinja2Templates = request.app.state.templates
+    notice = None
+    code = request.query_params.get("notice", "")
+    if code in NOTICES:
+        level, text = NOTICES[code]
+        notice = (level, text.format(id=request.query_params.get("id", ""),
+                                     reason=request.query_params.get("reason", "")[:200]))
+    base = {
+        "viewer_installed": ctx.ohif_dir is not None,
+        "auth_mode": ctx.settings.web.auth,
+        "ae_title": ctx.settings.node.ae_title,
+        "notice": notice,
+        "now": utcnow(),
+    }
+    return templates.TemplateResponse(request, name, {**base, **context}, status_code=status)
+
+
+@router.get("/node")
+def node_root() -> Response:
+    return RedirectResponse("/node/", status_code=307)
+
+
+@router.get("/node/", response_class=HTMLResponse)
+def dashboard(
+    request: Request, session: SessionDep, offset: Annotated[int, Query(ge=0)] = 0
+) -> Response:
+    """Totals, failed exports, recent studies and jobs."""
+    context = {
+        "totals": wq.totals(session),
+        "studies": wq.list_studies(session, limit=STUDIES_PER_PAGE, offset=offset),
+        "offset": offset,
+        "page_size": STUDIES_PER_PAGE,
+        "jobs": wq.list_jobs(session, limit=JOBS_ON_DASHBOARD),
+        "failed_exports": wq.list_exports(
+            session, states=[ExportState.FAILED], limit=FAILED_EXPORTS_SHOWN
+        ),
+    }
+    release(session)
+    return _render(request, "dashboard.html", context)
+
+
+@router.get("/node/studies/{study_uid}", response_class=HTMLResponse)
+def study_page(study_uid: str, request: Request, session: SessionDep) -> Response:
+    """One study: timeline, series with skip reasons, jobs, result objects, exports."""
+    detail = wq.study_detail(session, study_uid)
+    release(session)
+    if detail is None:
+        return _render(request, "not_found.html", {"what": f"study {study_uid}"}, status=404)
+    return _render(request, "study.html", {"detail": detail})
+
+
+def _back(target: str | None, study_uid: str, **params: str) -> Response:
+    default = f"/node/studies/{study_uid}" if study_uid else "/node/"
+    url = local_target(target, default)
+    url += ("&" if "?" in url else "?") + urlencode(params)
+    return RedirectResponse(url, status_code=303)
+
+
+@router.post("/node/exports/{export_id}/retry")
+def retry_form(
+    export_id: int, session: SessionDep, ctx: CtxDep, next_url: NextUrl = None
+) -> Response:
+    """The retry button of a failed export; back to the page it was pressed on."""
+    try:
+        view = retry_export(ctx, session, export_id)
+    except (LookupError, ActionRefusedError) as exc:
+        return _back(next_url, "", notice="refused", reason=str(exc))
+    log.info("export %d queued again by an operator", export_id)
+    return _back(next_url, view.study_instance_uid, notice="export-retried", id=str(export_id))
+
+
+@router.post("/node/jobs/{job_id}/requeue")
+def requeue_form(
+    job_id: int, session: SessionDep, ctx: CtxDep, next_url: NextUrl = None
+) -> Response:
+    """The requeue button of a failed or finished job."""
+    try:
+        view = requeue_job(ctx, session, job_id)
+    except (LookupError, ActionRefusedError) as exc:
+        return _back(next_url, "", notice="refused", reason=str(exc))
+    log.info("job %d queued again by an operator", job_id)
+    return _back(next_url, view.study_instance_uid, notice="job-requeued", id=str(job_id))
+
+
+@router.get("/login", response_class=HTMLResponse)
+def login_form(request: Request, next_url: NextUrl = None) -> Response:
+    target = local_target(next_url, "/node/")
+    if get_ctx(request).settings.web.auth != "token":
+        return RedirectResponse(target, status_code=303)
+    return _render(request, "login.html", {"next": target, "error": ""})
+
+
+@router.post("/login", response_class=HTMLResponse)
+async def login(request: Request) -> Response:
+    """Check the token from the form; on success set the session cookie and go on."""
+    ctx = get_ctx(request)
+    if ctx.settings.web.auth != "token":
+        return RedirectResponse("/node/", status_code=303)
+    body = await request.body()
+    fields = parse_qs(body[:LOGIN_BODY_MAX_BYTES].decode("utf-8", "replace"))
+    token = (fields.get("token") or [""])[0]
+    target = local_target((fields.get("next") or [""])[0], "/node/")
+    authenticator = request.app.state.authenticator
+    if not authenticator.token_ok(token):
+        log.warning("failed web login from %s", request.client.host if request.client else "?")
+        return _render(
+            request, "login.html", {"next": target, "error": "That token is not valid."},
+            status=401,
+        )
+    response = RedirectResponse(target, status_code=303)
+    authenticator.set_cookie(response, secure=request.url.scheme == "https")
+    return response
+
+
+@router.post("/logout")
+def logout() -> Response:
+    response = RedirectResponse("/login", status_code=303)
+    response.delete_cookie(COOKIE_NAME, path="/")
+    return response

@@ -1,0 +1,385 @@
+"""The chest-CT processor the node's worker loads (``pipeline.processor:ChestCTProcessor``).
+
+It satisfies ``dicomnode.processing.Processor`` structurally (this package never imports
+the node): built once per worker process from the ``[pipeline]`` settings, it loads its
+stages (and their models) once, then turns each request's series into SEG and SR files and a
+JSON-serialisable summary. ``analyze_files`` runs the same analysis on a folder of files with
+no node at all (the ``dicomnode analyze`` command).
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import math
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import pydicom.config
+
+from pipeline import __version__
+from pipeline.errors import ModelError, PipelineError
+from pipeline.export.sr import PriorReportRef
+from pipeline.export.uids import derive_uid
+from pipeline.runner import OverlayWriter, PipelineRunner, WrittenObject
+from pipeline.series import read_series
+from pipeline.stages import Classifier, LesionLocalizer, LungSegmenter
+from pipeline.stages.lung_morphology import MorphologicalLungSegmenter
+from pipeline.types import CTVolume, ModelInfo, StudyResult
+
+logger = logging.getLogger(__name__)
+
+CLASSIFIERS = ("decovnet", "cnn-bert", "none")
+LUNG_SEGMENTERS = ("unet", "morphological")
+SUMMARY_FILE_NAME = "summary.json"
+# Root of the UIDs written by ``analyze_files`` when no uid_root is given: derived from the
+# series so that analysing the same files twice writes the same objects.
+ANALYZE_UID_ROOT = "urn:chest-ct-dicomnode:analyze"
+DEFAULT_SETTINGS: Mapping[str, Any] = {
+    "classifier": "decovnet",
+    "lung_segmentation": "unet",
+    "localize_lesions": True,
+    "device": "auto",
+    "threads": 0,
+    "overlay": True,
+}
+
+
+@dataclass(frozen=True)
+class ResultFile:
+    """A DICOM file written for a request (``dicomnode.processing.ResultObject``)."""
+
+    path: Path
+    kind: str  # "SEG", "SR" or "OVERLAY"
+    sop_class_uid: str
+    sop_instance_uid: str
+    series_instance_uid: str
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """Files written and a JSON-serialisable summary (``dicomnode.processing.ProcessOutcome``)."""
+
+    objects: tuple[ResultFile, ...]
+    summary: Mapping[str, Any] = field(default_factory=dict)
+
+
+class Request(Protocol):
+    """What ``process`` reads of ``dicomnode.processing.ProcessRequest``."""
+
+    @property
+    def job_id(self) -> int: ...
+
+    @property
+    def files(self) -> tuple[Path, ...]: ...
+
+    @property
+    def out_dir(self) -> Path: ...
+
+    @property
+    def uid_root(self) -> str: ...
+
+    @property
+    def predecessors(self) -> Sequence[PriorReportRef]: ...
+
+
+@dataclass(frozen=True)
+class ProcessorConfig:
+    """The ``[pipeline]`` settings this processor uses, checked once."""
+
+    classifier: str = "decovnet"
+    lung_segmentation: str = "unet"
+    localize_lesions: bool = True
+    device: str = "auto"
+    threads: int = 0
+    overlay: bool = True
+
+    @classmethod
+    def from_settings(cls, settings: Mapping[str, Any]) -> ProcessorConfig:
+        known = {key: value for key, value in settings.items() if key in DEFAULT_SETTINGS}
+        merged = {**DEFAULT_SETTINGS, **known}
+        config = cls(
+            classifier=str(merged["classifier"]).strip().lower(),
+            lung_segmentation=str(merged["lung_segmentation"]).strip().lower(),
+            localize_lesions=_as_bool("localize_lesions", merged["localize_lesions"]),
+            device=str(merged["device"]),
+            threads=int(merged["threads"]),
+            overlay=_as_bool("overlay", merged["overlay"]),
+        )
+        if config.classifier not in CLASSIFIERS:
+            raise ValueError(f"classifier must be one of {CLASSIFIERS}, got {config.classifier!r}")
+        if config.lung_segmentation not in LUNG_SEGMENTERS:
+            raise ValueError(
+                f"lung_segmentation must be one of {LUNG_SEGMENTERS}, "
+                f"got {config.lung_segmentation!r}"
+            )
+        if config.threads < 0:
+            raise ValueError(f"threads must be >= 0, got {config.threads}")
+        return config
+
+
+def _as_bool(name: str, value: Any) -> bool:
+    """A boolean setting; strings such as "false" or "0" are read as words, not truthiness."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("1", "true", "yes", "on"):
+        return True
+    if isinstance(value, str) and value.strip().lower() in ("0", "false", "no", "off"):
+        return False
+    if isinstance(value, int):
+        return value != 0
+    raise ValueError(f"{name} must be a boolean, got {value!r}")
+
+
+@contextmanager
+def _quiet_uid_validation() -> Iterator[None]:
+    """Silence pydicom's per-access warnings about malformed values while defective files are
+    read for repair (``repair_uids`` logs one summary instead). Only for the offline tool:
+    it changes a process-wide pydicom setting for the duration."""
+    saved = pydicom.config.settings.reading_validation_mode
+    pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
+    try:
+        yield
+    finally:
+        pydicom.config.settings.reading_validation_mode = saved
+
+
+def _import_stage(module: str, name: str) -> Any:
+    """Import a model-based stage class on demand, so weight-free set-ups never load torch."""
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as exc:
+        raise ModelError(f"stage {module}:{name} is not available: {exc}") from exc
+
+
+def _set_threads(threads: int) -> None:
+    """Set torch's intra-op threads (0 keeps the library default)."""
+    if threads <= 0:
+        return
+    torch = importlib.import_module("torch")
+    torch.set_num_threads(threads)
+    logger.info("torch intra-op threads set to %d", threads)
+
+
+def build_lung_segmenter(name: str, device: str) -> LungSegmenter:
+    """The configured lung segmenter: "morphological" (no weights) or "unet"."""
+    if name == "morphological":
+        return MorphologicalLungSegmenter()
+    if name == "unet":
+        segmenter: LungSegmenter = _import_stage("pipeline.stages.lung_unet", "UNetLungSegmenter")(
+            device=device
+        )
+        return segmenter
+    raise ValueError(f"unknown lung segmentation {name!r}; expected one of {LUNG_SEGMENTERS}")
+
+
+def build_classifier(name: str, device: str) -> Classifier | None:
+    """The configured classifier: "decovnet", "cnn-bert" or None for "none"."""
+    if name == "none":
+        return None
+    if name == "decovnet":
+        classifier: Classifier = _import_stage("pipeline.stages.classify", "DeCoVNetClassifier")(
+            device=device
+        )
+        return classifier
+    if name == "cnn-bert":
+        classifier = _import_stage("pipeline.stages.classify", "CnnBertClassifier")(device=device)
+        return classifier
+    raise ValueError(f"unknown classifier {name!r}; expected one of {CLASSIFIERS}")
+
+
+def build_localizer(enabled: bool) -> LesionLocalizer | None:
+    """The CAM lesion localizer when enabled."""
+    if not enabled:
+        return None
+    localizer: LesionLocalizer = _import_stage("pipeline.stages.localize", "CamLesionLocalizer")()
+    return localizer
+
+
+def build_overlay(enabled: bool) -> OverlayWriter | None:
+    """The burned-in overlay writer (Secondary Capture series) when enabled."""
+    if not enabled:
+        return None
+    try:
+        module = importlib.import_module("pipeline.export.overlay")
+        overlay: OverlayWriter = module.SecondaryCaptureOverlay()
+    except (ImportError, AttributeError) as exc:
+        raise PipelineError(f"overlay writer is not available: {exc}") from exc
+    return overlay
+
+
+def build_runner(config: ProcessorConfig) -> PipelineRunner:
+    """Build every configured stage once (models load here)."""
+    if config.lung_segmentation == "unet" or config.classifier != "none":
+        _set_threads(config.threads)
+    lungs = build_lung_segmenter(config.lung_segmentation, config.device)
+    classifier = build_classifier(config.classifier, config.device)
+    localize = config.localize_lesions
+    if localize and classifier is None:
+        logger.info("lesion localization needs a classifier; disabled (classifier 'none')")
+        localize = False
+    overlay = build_overlay(config.overlay)
+    return PipelineRunner(lungs, classifier, build_localizer(localize), overlay)
+
+
+class ChestCTProcessor:
+    """Lungs, classification and lesions of one CT series, returned as SEG + TID 1500 SR."""
+
+    def __init__(self, settings: Mapping[str, Any]) -> None:
+        self._config = ProcessorConfig.from_settings(settings)
+        started = time.perf_counter()
+        self._runner = build_runner(self._config)
+        logger.info(
+            "chest-CT processor ready in %.1f s: lungs %s, classifier %s, lesions %s, overlay %s",
+            time.perf_counter() - started, self._config.lung_segmentation,
+            self._config.classifier, self._config.localize_lesions, self._config.overlay,
+        )
+
+    @property
+    def algorithms(self) -> tuple[ModelInfo, ...]:
+        return self._runner.algorithms
+
+    def process(self, request: Request) -> Outcome:
+        """Analyse the request's series and write its result objects into ``out_dir``."""
+        started = time.perf_counter()
+        # The offline `dicomnode analyze` asks for UID repair; the node only sends valid files.
+        repair = bool(getattr(request, "options", {}).get("repair_uids", False))
+        volume = read_series(request.files, repair_uids=repair)
+        read_s = time.perf_counter() - started
+        logger.info("job %s: series %s read", request.job_id, volume.series_instance_uid)
+        return self.analyze_volume(
+            volume, Path(request.out_dir), request.uid_root, request.predecessors, read_s
+        )
+
+    def analyze_volume(
+        self,
+        volume: CTVolume,
+        out_dir: Path,
+        uid_root: str,
+        predecessors: Sequence[PriorReportRef] = (),
+        read_s: float | None = None,
+    ) -> Outcome:
+        """Run the stages on ``volume``, write SEG and SR, and summarise."""
+        result = self._runner.run(volume)
+        started = time.perf_counter()
+        written = self._runner.write_results(result, out_dir, uid_root, predecessors)
+        timings = {"read": read_s} if read_s is not None else {}
+        timings.update(result.timings_s)
+        timings["write"] = time.perf_counter() - started
+        timings["total"] = sum(timings.values())
+        objects = tuple(_result_file(obj) for obj in written)
+        return Outcome(objects=objects, summary=summarize(result, objects, timings))
+
+
+def _result_file(obj: WrittenObject) -> ResultFile:
+    return ResultFile(
+        path=obj.path,
+        kind=obj.kind,
+        sop_class_uid=obj.sop_class_uid,
+        sop_instance_uid=obj.sop_instance_uid,
+        series_instance_uid=obj.series_instance_uid,
+    )
+
+
+def _number(value: float | None, digits: int = 3) -> float | None:
+    """Round for JSON; NaN and infinity (e.g. the mean HU of an empty mask) become null."""
+    if value is None or not math.isfinite(value):
+        return None
+    return round(float(value), digits)
+
+
+def _model(model: ModelInfo) -> dict[str, str]:
+    return {"name": model.name, "version": model.version, "sha256": model.sha256}
+
+
+def summarize(
+    result: StudyResult, objects: Sequence[ResultFile], timings: Mapping[str, float]
+) -> dict[str, Any]:
+    """JSON-serialisable summary of a result (no patient-identifying attributes)."""
+    volume = result.volume
+    lungs = {
+        stats.side: {
+            "volume_ml": _number(stats.volume_ml, 1),
+            "mean_hu": _number(stats.mean_hu, 1),
+            "lesion_burden_percent": _number(stats.lesion_burden_percent, 2),
+        }
+        for stats in result.lung_stats
+    }
+    classification = None
+    if result.classification is not None:
+        c = result.classification
+        classification = {
+            "label": c.label,
+            "p_covid": _number(c.p_covid, 4),
+            "probabilities": {k: _number(v, 4) for k, v in c.probabilities.items()},
+            "model": _model(c.model),
+        }
+    return {
+        "software": f"chest-ct-dicomnode {__version__}",
+        "study_instance_uid": volume.study_instance_uid,
+        "series_instance_uid": volume.series_instance_uid,
+        "slices": volume.shape[0],
+        "shape_zyx": list(volume.shape),
+        "spacing_mm_zyx": [round(v, 4) for v in volume.spacing_mm],
+        "lungs": lungs,
+        "total_lung_volume_ml": _number(sum(s.volume_ml for s in result.lung_stats), 1),
+        "lung_segmentation": result.lungs.method,
+        "classification": classification,
+        "lesions": [
+            {
+                "number": lesion.number,
+                "volume_ml": _number(lesion.volume_ml, 2),
+                "centroid_lps_mm": [_number(v, 1) for v in lesion.centroid_lps],
+                "side": lesion.side,
+                "mean_hu": _number(lesion.mean_hu, 1),
+                "peak_activation": _number(lesion.peak_activation, 3),
+                "largest_slice": lesion.largest_slice,
+            }
+            for lesion in result.lesions
+        ],
+        "timings_s": {k: _number(v, 3) for k, v in timings.items()},
+        "algorithms": [_model(m) for m in result.algorithms],
+        "objects": [
+            {
+                "kind": obj.kind,
+                "file": obj.path.name,
+                "sop_class_uid": obj.sop_class_uid,
+                "sop_instance_uid": obj.sop_instance_uid,
+                "series_instance_uid": obj.series_instance_uid,
+            }
+            for obj in objects
+        ],
+    }
+
+
+def analyze_files(
+    files: Iterable[Path | str],
+    out_dir: Path,
+    settings: Mapping[str, Any],
+    uid_root: str | None = None,
+) -> Outcome:
+    """Offline analysis of a folder's files: SEG, SR and ``summary.json`` into ``out_dir``.
+
+    Missing or malformed UIDs in the input are repaired deterministically (with a warning),
+    so defective exports still give valid result objects. Without ``uid_root`` the result
+    UIDs are derived from the series, so a second run writes identical objects.
+    """
+    processor = ChestCTProcessor(settings)
+    started = time.perf_counter()
+    with _quiet_uid_validation():
+        volume = read_series(list(files), repair_uids=True)
+    read_s = time.perf_counter() - started
+    root = uid_root or derive_uid(ANALYZE_UID_ROOT, volume.series_instance_uid, *(
+        f"{m.name}@{m.version}" for m in processor.algorithms
+    ))
+    out_dir = Path(out_dir)
+    outcome = processor.analyze_volume(volume, out_dir, root, (), read_s)
+    summary_path = out_dir / SUMMARY_FILE_NAME
+    summary_path.write_text(json.dumps(outcome.summary, indent=2, allow_nan=False) + "\n")
+    logger.info("analysis written to %s", out_dir)
+    return outcome
