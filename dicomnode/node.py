@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from dicomnode.assembler import Assembler
 from dicomnode.config import Settings
@@ -78,7 +79,8 @@ class Node:
         self.config_path = config_path
         self.stop_event = threading.Event()
         self._threads: list[threading.Thread] = []
-        self._server = None
+        self._server: Any = None
+        self._web: Any = None
         self.supervisor = WorkerSupervisor(settings.node.workers, config_path)
 
     def start(self) -> None:
@@ -89,6 +91,12 @@ class Node:
         recorder = InstanceRecorder(sessions)
         reindex_spool(storage, recorder)
         self._server = start_receiver(s.node, storage, recorder)
+        if s.web.enabled:
+            from dicomnode.web.server import server_listening, start_web_server
+
+            self._web = start_web_server(
+                s, sessions, storage, receiver_alive=lambda: server_listening(self._server)
+            )
         assembler = Assembler(sessions, s)
         interval = max(ASSEMBLER_MIN_INTERVAL_S, min(2.0, s.node.quiet_period_s / 4))
         exporter = Exporter(
@@ -119,6 +127,8 @@ class Node:
         )
 
     def stop(self) -> None:
+        if self._web is not None:
+            self._web.stop()
         self.stop_event.set()
         if self._server is not None:
             self._server.shutdown()

@@ -1,1 +1,1 @@
-"""The node's database: typed models, engine setup, migrations and the queue (all SQL lives here)."""
+"""The node's database: typed models, engine, migrations, queue (all SQL lives here)."""

@@ -78,6 +78,7 @@ class NodeProcess:
     def start(self) -> NodeProcess:
         env = {k: v for k, v in os.environ.items() if not k.startswith("DICOMNODE_")}
         env["PYTHONUNBUFFERED"] = "1"
+        offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         log = open(self.log_path, "ab")  # noqa: SIM115 - closed with the process
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "dicomnode", "serve", "--config", str(self.config_path)],
@@ -87,7 +88,7 @@ class NodeProcess:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"node exited at start:\n{self.log_tail()}")
-            if b"up: data" in self.log_path.read_bytes():
+            if b"up: data" in self.log_path.read_bytes()[offset:]:
                 return self
             time.sleep(0.1)
         raise TimeoutError(f"node did not start:\n{self.log_tail()}")

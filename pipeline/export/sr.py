@@ -1,0 +1,343 @@
+"""TID 1500 Measurement Report (Comprehensive 3D SR) of one study result.
+
+Content (PS3.16 TID 1500): a device observer naming this node, procedure "Computed
+tomography of chest", then measurement groups:
+
+- one TID 1411 volumetric group per lung, referencing its SEG segment, with volume (mL),
+  mean attenuation (HU) and, when lesions were localized, lesion burden (%). The lung numbers
+  cover the whole lung (lesions included): the SEG stores lungs minus lesions so its segments
+  do not overlap, and the lesion segments of that side make up the rest;
+- one TID 1411 group per lesion (tracking ID/UID as in its SEG segment), finding "Lesion"
+  in the lung of its side, with volume and mean attenuation;
+- when a classifier ran, one TID 1501 group per class with the class's finding code, the
+  probability the model gave it, and "Presence of property" Present for the predicted class
+  (Absent for the others).
+
+Reports that this one replaces are listed in the Predecessor Documents Sequence (PS3.3
+C.17.2.3); they are not evidence of this report's content, so they do not go into the
+evidence sequences.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import highdicom as hd
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes as dicom_codes
+
+from pipeline.export import codes
+from pipeline.export.seg import (
+    DEVICE_SERIAL_NUMBER,
+    MANUFACTURER,
+    MANUFACTURER_MODEL_NAME,
+    SOFTWARE_VERSIONS,
+    SegmentPlan,
+    lesion_model,
+    lung_model,
+)
+from pipeline.export.uids import derive_uid
+from pipeline.types import Classification, Lesion, LungStats, ModelInfo, StudyResult
+
+logger = logging.getLogger(__name__)
+
+SR_SERIES_NUMBER = 9002
+SR_INSTANCE_NUMBER = 1
+SR_SERIES_DESCRIPTION = "AI chest CT measurement report"
+# The Device Observer UID names this software, the same for every report it writes.
+DEVICE_OBSERVER_UID = derive_uid("urn:chest-ct-dicomnode", "device-observer")
+DEVICE_OBSERVER_NAME = "chest-ct-dicomnode"
+
+
+class PriorReportRef(Protocol):
+    """A report written earlier for the same study (structurally ``dicomnode.PriorReport``)."""
+
+    @property
+    def study_instance_uid(self) -> str: ...
+
+    @property
+    def series_instance_uid(self) -> str: ...
+
+    @property
+    def sop_instance_uid(self) -> str: ...
+
+    @property
+    def sop_class_uid(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class PriorReport:
+    """A plain ``PriorReportRef`` for callers outside the node (tests, the analyze tool)."""
+
+    study_instance_uid: str
+    series_instance_uid: str
+    sop_instance_uid: str
+    sop_class_uid: str
+
+
+def sr_uids(uid_root: str) -> tuple[str, str]:
+    """(SeriesInstanceUID, SOPInstanceUID) of the SR of the job with ``uid_root``."""
+    return derive_uid(uid_root, "sr", "series"), derive_uid(uid_root, "sr", "instance")
+
+
+def _algorithm(model: ModelInfo) -> hd.sr.AlgorithmIdentification:
+    return hd.sr.AlgorithmIdentification(
+        name=model.name, version=model.version, family=codes.algorithm_family(model)
+    )
+
+
+def referenced_segment(seg: hd.seg.Segmentation, segment_number: int) -> hd.sr.ReferencedSegment:
+    """Reference to one SEG segment with the source images its frames were derived from.
+
+    Written here rather than with ``ReferencedSegment.from_segmentation``, which (highdicom
+    0.28) fails on a single-segment SEG, where the Segment Identification Sequence sits in
+    the shared functional groups instead of each frame's.
+    """
+    shared = seg.SharedFunctionalGroupsSequence[0]
+    shared_segment = None
+    if "SegmentIdentificationSequence" in shared:
+        shared_segment = int(shared.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
+    sources: dict[str, hd.sr.SourceImageForSegmentation] = {}
+    for frame in seg.PerFrameFunctionalGroupsSequence:
+        if "SegmentIdentificationSequence" in frame:
+            number = int(frame.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
+        else:
+            number = shared_segment if shared_segment is not None else -1
+        if number != segment_number:
+            continue
+        for derivation in frame.get("DerivationImageSequence", []):
+            for source in derivation.get("SourceImageSequence", []):
+                uid = str(source.ReferencedSOPInstanceUID)
+                if uid not in sources:
+                    sources[uid] = hd.sr.SourceImageForSegmentation(
+                        referenced_sop_class_uid=str(source.ReferencedSOPClassUID),
+                        referenced_sop_instance_uid=uid,
+                    )
+    if not sources:
+        raise ValueError(f"segment {segment_number} has no frame in SEG {seg.SOPInstanceUID}")
+    return hd.sr.ReferencedSegment(
+        sop_class_uid=str(seg.SOPClassUID),
+        sop_instance_uid=str(seg.SOPInstanceUID),
+        segment_number=segment_number,
+        source_images=list(sources.values()),
+    )
+
+
+def _volume(volume_ml: float) -> hd.sr.Measurement:
+    return hd.sr.Measurement(
+        name=codes.fresh(codes.VOLUME),
+        value=round(volume_ml, 3),
+        unit=codes.fresh(codes.UNIT_MILLILITER),
+        method=codes.fresh(codes.SUM_OF_SEGMENTED_VOXEL_VOLUMES),
+    )
+
+
+def _mean_hu(mean_hu: float) -> hd.sr.Measurement | None:
+    if not math.isfinite(mean_hu):
+        return None
+    return hd.sr.Measurement(
+        name=codes.fresh(codes.ATTENUATION_COEFFICIENT),
+        value=round(mean_hu, 2),
+        unit=codes.fresh(codes.UNIT_HOUNSFIELD),
+        derivation=codes.fresh(codes.MEAN),
+    )
+
+
+def _lung_group(
+    plan: SegmentPlan, stats: LungStats, seg: hd.seg.Segmentation, model: ModelInfo
+) -> hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations:
+    measurements = [_volume(stats.volume_ml)]
+    mean = _mean_hu(stats.mean_hu)
+    if mean is not None:
+        measurements.append(mean)
+    if stats.lesion_burden_percent is not None:
+        measurements.append(
+            hd.sr.Measurement(
+                name=codes.fresh(codes.LESION_BURDEN),
+                value=round(stats.lesion_burden_percent, 3),
+                unit=codes.fresh(codes.UNIT_PERCENT),
+            )
+        )
+    return hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(
+            uid=plan.tracking_uid, identifier=plan.label
+        ),
+        referenced_segment=referenced_segment(seg, plan.number),
+        finding_category=codes.fresh(codes.ANATOMICAL_STRUCTURE),
+        finding_type=codes.fresh(codes.LUNG),
+        finding_sites=[
+            hd.sr.FindingSite(
+                codes.fresh(codes.LUNG),
+                laterality=codes.fresh(codes.LATERALITY_CODES[plan.side]),
+            )
+        ],
+        algorithm_id=_algorithm(model),
+        measurements=measurements,
+    )
+
+
+def _lesion_group(
+    plan: SegmentPlan, lesion: Lesion, seg: hd.seg.Segmentation, model: ModelInfo
+) -> hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations:
+    measurements = [_volume(lesion.volume_ml)]
+    mean = _mean_hu(lesion.mean_hu)
+    if mean is not None:
+        measurements.append(mean)
+    return hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(
+            uid=plan.tracking_uid, identifier=plan.label
+        ),
+        referenced_segment=referenced_segment(seg, plan.number),
+        finding_category=codes.fresh(codes.MORPHOLOGICALLY_ABNORMAL_STRUCTURE),
+        finding_type=codes.fresh(codes.LESION),
+        finding_sites=[
+            hd.sr.FindingSite(
+                codes.fresh(codes.LUNG), laterality=codes.fresh(
+                    codes.LATERALITY_CODES.get(lesion.side, codes.BILATERAL)
+                )
+            )
+        ],
+        algorithm_id=_algorithm(model),
+        measurements=measurements,
+    )
+
+
+def _classification_groups(
+    classification: Classification, uid_root: str
+) -> list[hd.sr.MeasurementsAndQualitativeEvaluations]:
+    """One TID 1501 group per class: its finding code, probability, and presence (the
+    predicted class is "Present", the others "Absent")."""
+    groups = []
+    for class_name, probability in classification.probabilities.items():
+        predicted = class_name == classification.label
+        groups.append(
+            hd.sr.MeasurementsAndQualitativeEvaluations(
+                tracking_identifier=hd.sr.TrackingIdentifier(
+                    uid=derive_uid(uid_root, "tracking", "classification", class_name),
+                    identifier=f"Classification {class_name}"[:64],
+                ),
+                finding_type=codes.class_code(class_name),
+                algorithm_id=_algorithm(classification.model),
+                measurements=[
+                    hd.sr.Measurement(
+                        name=codes.fresh(codes.PROBABILITY),
+                        value=round(float(probability), 6),
+                        unit=codes.fresh(codes.UNIT_PROBABILITY),
+                    )
+                ],
+                qualitative_evaluations=[
+                    hd.sr.QualitativeEvaluation(
+                        name=codes.fresh(codes.PRESENCE_OF_PROPERTY),
+                        value=codes.fresh(codes.PRESENT if predicted else codes.ABSENT),
+                    )
+                ],
+            )
+        )
+    return groups
+
+
+def _predecessor_dataset(prior: PriorReportRef) -> Dataset:
+    ds = Dataset()
+    ds.StudyInstanceUID = prior.study_instance_uid
+    ds.SeriesInstanceUID = prior.series_instance_uid
+    ds.SOPInstanceUID = prior.sop_instance_uid
+    ds.SOPClassUID = prior.sop_class_uid
+    return ds
+
+
+def build_sr(
+    result: StudyResult,
+    seg: hd.seg.Segmentation | None,
+    plans: Sequence[SegmentPlan],
+    uid_root: str,
+    predecessors: Sequence[PriorReportRef] = (),
+) -> hd.sr.Comprehensive3DSR:
+    """Build the TID 1500 report; ``seg``/``plans`` come from ``pipeline.export.seg``.
+
+    Raises ValueError when there is nothing to report (no segment and no classification).
+    """
+    groups: list[
+        hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations
+        | hd.sr.MeasurementsAndQualitativeEvaluations
+    ] = []
+    stats_by_side = {stats.side: stats for stats in result.lung_stats}
+    lesions = {lesion.number: lesion for lesion in result.lesions}
+    if seg is not None:
+        lungs, localizer = lung_model(result), lesion_model(result)
+        for plan in plans:
+            if plan.kind == "lung" and plan.side in stats_by_side:
+                groups.append(_lung_group(plan, stats_by_side[plan.side], seg, lungs))
+            elif plan.kind == "lesion" and plan.lesion_number in lesions:
+                groups.append(_lesion_group(plan, lesions[plan.lesion_number], seg, localizer))
+    if result.classification is not None:
+        groups.extend(_classification_groups(result.classification, uid_root))
+    if not groups:
+        raise ValueError("nothing to report: no segment and no classification")
+    observer = hd.sr.ObserverContext(
+        observer_type=dicom_codes.cid270.Device,
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+            uid=DEVICE_OBSERVER_UID,
+            name=DEVICE_OBSERVER_NAME,
+            manufacturer_name=MANUFACTURER,
+            model_name=MANUFACTURER_MODEL_NAME,
+            serial_number=DEVICE_SERIAL_NUMBER,
+        ),
+    )
+    report = hd.sr.MeasurementReport(
+        observation_context=hd.sr.ObservationContext(observer_device_context=observer),
+        procedure_reported=codes.fresh(codes.PROCEDURE_CT_CHEST),
+        imaging_measurements=groups,
+        language_of_content_item_and_descendants=hd.sr.LanguageOfContentItemAndDescendants(
+            hd.sr.CodedConcept("en-US", "RFC5646", "English (United States)")
+        ),
+    )
+    evidence: list[Dataset] = list(result.volume.datasets)
+    if seg is not None:
+        evidence.append(seg)
+    series_uid, sop_uid = sr_uids(uid_root)
+    concepts = [codes.class_code(name) for name in (
+        result.classification.probabilities if result.classification else {}
+    )]
+    uses_private = any(s.lesion_burden_percent is not None for s in result.lung_stats) or (
+        codes.uses_private_scheme(*concepts)
+    )
+    sr = hd.sr.Comprehensive3DSR(
+        evidence=evidence,
+        content=report,
+        series_instance_uid=series_uid,
+        series_number=SR_SERIES_NUMBER,
+        sop_instance_uid=sop_uid,
+        instance_number=SR_INSTANCE_NUMBER,
+        manufacturer=MANUFACTURER,
+        is_complete=True,
+        is_final=False,
+        is_verified=False,
+        previous_versions=[_predecessor_dataset(p) for p in predecessors] or None,
+        series_description=SR_SERIES_DESCRIPTION,
+        manufacturer_model_name=MANUFACTURER_MODEL_NAME,
+        software_versions=SOFTWARE_VERSIONS,
+        device_serial_number=DEVICE_SERIAL_NUMBER,
+        coding_schemes=[codes.private_coding_scheme()] if uses_private else None,
+    )
+    logger.info("built SR %s with %d measurement groups", sop_uid, len(groups))
+    return sr
+
+
+def write_sr(
+    result: StudyResult,
+    seg: hd.seg.Segmentation | None,
+    plans: Sequence[SegmentPlan],
+    out_path: Path,
+    uid_root: str,
+    predecessors: Sequence[PriorReportRef] = (),
+) -> hd.sr.Comprehensive3DSR:
+    """Build the report of ``result`` and write it to ``out_path``."""
+    sr = build_sr(result, seg, plans, uid_root, predecessors)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    sr.save_as(out_path)
+    return sr

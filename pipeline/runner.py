@@ -1,0 +1,202 @@
+"""The one place where the order of the pipeline stages is written down.
+
+``PipelineRunner.run``: lungs -> classification -> lesions -> statistics, each timed.
+``write_results``: SEG (lungs and lesions) -> SR (TID 1500, referencing the SEG) -> overlay
+(a slot for a writer of viewer-independent overlay images). Every UID of the written objects
+is derived from the job's ``uid_root``, so writing again gives identical objects.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import highdicom as hd
+
+from pipeline.export.seg import build_seg, plan_segments
+from pipeline.export.sr import PriorReportRef, build_sr
+from pipeline.stages import Classifier, LesionLocalizer, LungSegmenter
+from pipeline.stats import lung_stats
+from pipeline.types import Classification, CTVolume, Lesion, ModelInfo, StudyResult
+
+logger = logging.getLogger(__name__)
+
+SEG_FILE_NAME = "seg.dcm"
+SR_FILE_NAME = "sr.dcm"
+
+
+@dataclass(frozen=True)
+class WrittenObject:
+    """A DICOM file written for a job (structurally ``dicomnode.processing.ResultObject``)."""
+
+    path: Path
+    kind: str  # "SEG", "SR" or "OVERLAY"
+    sop_class_uid: str
+    sop_instance_uid: str
+    series_instance_uid: str
+
+
+class ResultFileLike(Protocol):
+    """What the runner needs to know of a file another writer produced."""
+
+    @property
+    def path(self) -> Path: ...
+
+    @property
+    def kind(self) -> str: ...
+
+    @property
+    def sop_class_uid(self) -> str: ...
+
+    @property
+    def sop_instance_uid(self) -> str: ...
+
+    @property
+    def series_instance_uid(self) -> str: ...
+
+
+class OverlayWriter(Protocol):
+    """Writes overlay images (e.g. secondary captures with burned-in contours) of a result."""
+
+    def write(
+        self, result: StudyResult, out_dir: Path, uid_root: str
+    ) -> Sequence[ResultFileLike]: ...
+
+
+class PipelineRunner:
+    """Runs the configured stages on a volume and writes the result objects."""
+
+    def __init__(
+        self,
+        lungs: LungSegmenter,
+        classifier: Classifier | None = None,
+        localizer: LesionLocalizer | None = None,
+        overlay: OverlayWriter | None = None,
+    ) -> None:
+        if localizer is not None and classifier is None:
+            raise ValueError("lesion localization needs a classifier (it uses its activation)")
+        self._lungs = lungs
+        self._classifier = classifier
+        self._localizer = localizer
+        self._overlay = overlay
+
+    @property
+    def algorithms(self) -> tuple[ModelInfo, ...]:
+        """Identities of the configured stages, in stage order."""
+        stages = (self._lungs, self._classifier, self._localizer)
+        return tuple(stage.info for stage in stages if stage is not None)
+
+    def run(self, volume: CTVolume) -> StudyResult:
+        """Run every configured stage on ``volume``; timings are in ``timings_s``."""
+        timings: dict[str, float] = {}
+        started = time.perf_counter()
+        lungs = self._lungs.segment(volume)
+        timings["lungs"] = time.perf_counter() - started
+
+        classification: Classification | None = None
+        if self._classifier is not None:
+            started = time.perf_counter()
+            classification = self._classifier.classify(volume, lungs)
+            timings["classify"] = time.perf_counter() - started
+
+        lesions: tuple[Lesion, ...] | None = None
+        if self._localizer is not None and classification is not None:
+            started = time.perf_counter()
+            lesions = tuple(self._localizer.localize(volume, lungs, classification))
+            timings["localize"] = time.perf_counter() - started
+
+        started = time.perf_counter()
+        stats = lung_stats(volume, lungs, lesions)
+        timings["stats"] = time.perf_counter() - started
+        logger.info(
+            "pipeline on series %s: %s", volume.series_instance_uid,
+            ", ".join(f"{name} {seconds:.2f} s" for name, seconds in timings.items()),
+        )
+        return StudyResult(
+            volume=volume,
+            lungs=lungs,
+            lung_stats=stats,
+            classification=classification,
+            lesions=lesions or (),
+            timings_s=timings,
+            algorithms=self.algorithms,
+        )
+
+    def write_results(
+        self,
+        result: StudyResult,
+        out_dir: Path,
+        uid_root: str,
+        predecessors: Sequence[PriorReportRef] = (),
+    ) -> list[WrittenObject]:
+        """Write SEG, SR and (when configured) overlay objects of ``result`` into ``out_dir``."""
+        return write_results(result, out_dir, uid_root, predecessors, overlay=self._overlay)
+
+
+def write_results(
+    result: StudyResult,
+    out_dir: Path,
+    uid_root: str,
+    predecessors: Sequence[PriorReportRef] = (),
+    overlay: OverlayWriter | None = None,
+) -> list[WrittenObject]:
+    """Write the result objects of ``result``; see the module docstring for the order.
+
+    A SEG is written when some lung or lesion mask is non-empty, an SR when there is a
+    segment or a classification to report; the log says when one is left out.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written: list[WrittenObject] = []
+    seg: hd.seg.Segmentation | None = None
+    plans = plan_segments(result, uid_root)
+    if plans:
+        started = time.perf_counter()
+        seg, plans = build_seg(result, uid_root, plans)
+        path = out_dir / SEG_FILE_NAME
+        seg.save_as(path)
+        written.append(_written(path, "SEG", seg))
+        logger.info("wrote SEG in %.2f s", time.perf_counter() - started)
+    else:
+        logger.warning(
+            "no lung or lesion mask: no SEG written for %s", result.volume.series_instance_uid
+        )
+    if seg is not None or result.classification is not None:
+        started = time.perf_counter()
+        sr = build_sr(result, seg, plans, uid_root, predecessors)
+        path = out_dir / SR_FILE_NAME
+        sr.save_as(path)
+        written.append(_written(path, "SR", sr))
+        logger.info("wrote SR in %.2f s", time.perf_counter() - started)
+    else:
+        logger.warning("nothing to report: no SR written for %s", result.volume.series_instance_uid)
+    if overlay is not None:
+        started = time.perf_counter()
+        images = overlay.write(result, out_dir, uid_root)
+        written.extend(
+            WrittenObject(
+                path=Path(image.path),
+                kind=image.kind,
+                sop_class_uid=image.sop_class_uid,
+                sop_instance_uid=image.sop_instance_uid,
+                series_instance_uid=image.series_instance_uid,
+            )
+            for image in images
+        )
+        logger.info(
+            "wrote %d overlay image(s) in %.2f s", len(images), time.perf_counter() - started
+        )
+    return written
+
+
+def _written(path: Path, kind: str, dataset: hd.SOPClass) -> WrittenObject:
+    return WrittenObject(
+        path=path,
+        kind=kind,
+        sop_class_uid=str(dataset.SOPClassUID),
+        sop_instance_uid=str(dataset.SOPInstanceUID),
+        series_instance_uid=str(dataset.SeriesInstanceUID),
+    )
