@@ -10,6 +10,7 @@ PACKAGES=(
   orthanc          # /usr/sbin/Orthanc, the PACS in the integration tests
   orthanc-dicomweb # QIDO-RS / WADO-RS / STOW-RS plug-in
   orthanc-gdcm     # JPEG 2000 (and other) decoding plug-in
+  chromium         # headless browser for the OHIF and dashboard tests (driven by Playwright)
   python3-venv     # python3 -m venv (not part of Debian's python3)
   python3-pip
   ca-certificates
@@ -31,4 +32,6 @@ fi
 
 export DEBIAN_FRONTEND=noninteractive
 "${SUDO[@]}" apt-get update
+# npm fetches the prebuilt OHIF viewer (deploy/fetch-ohif.sh); use the machine's own if present.
+command -v npm >/dev/null 2>&1 || PACKAGES+=(npm)
 "${SUDO[@]}" apt-get install -y --no-install-recommends "${PACKAGES[@]}"
