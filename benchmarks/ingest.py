@@ -14,25 +14,22 @@ from __future__ import annotations
 import argparse
 import functools
 import logging
-import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from benchmarks._common import (
-    REPO_ROOT,
     Measurement,
     machine_line,
     rate_table,
     ratio_line,
     timed,
 )
-from tests.peers.dcmtk import StorescpPeer, echoscu, storescu
+from tests.integration.node_process import NodeProcess
+from tests.peers.dcmtk import StorescpPeer, storescu
 from tests.peers.orthanc import OrthancPeer
-from tests.peers.ports import LOOPBACK_HOST, free_port
-from tests.peers.processes import MissingPeerError, find_tool, log_tail, peer_env, stop_process
+from tests.peers.processes import MissingPeerError, find_tool
 from tests.peers.studies import COVID_SERIES_DIR, LARGE_SERIES_SLICES, make_large_series
 
 logger = logging.getLogger(__name__)
@@ -41,11 +38,8 @@ TARGETS = ("node", "storescp", "orthanc")
 DEFAULT_REPEATS = 3
 NODE_AET = "BENCHNODE"
 SENDER_AET = "BENCHSCU"
-NODE_START_TIMEOUT_S = 120.0
 NODE_QUIET_PERIOD_S = 3600.0  # no series is ever "complete" during the benchmark
 ARRIVAL_TIMEOUT_S = 60.0
-# Runs dicomnode.cli:main exactly like the ``dicomnode`` console script does.
-NODE_LAUNCHER = "import sys; from dicomnode.cli import main; sys.exit(main())"
 
 
 class TargetUnavailableError(RuntimeError):
@@ -76,80 +70,20 @@ def _measure(
 
 
 # ------------------------------------------------------------------ (a) the node
-def _node_toml(data_dir: Path, port: int) -> str:
-    return "\n".join([
-        "[node]",
-        f'ae_title = "{NODE_AET}"',
-        f'host = "{LOOPBACK_HOST}"',
-        f"port = {port}",
-        f'data_dir = "{data_dir.as_posix()}"',
-        "allowed_calling_aets = []",
-        f"quiet_period_s = {NODE_QUIET_PERIOD_S}",
-        "workers = 0",
-        "",
-    ])
-
-
-def _check_node_available() -> None:
-    cli = REPO_ROOT / "dicomnode" / "cli.py"
-    if not cli.is_file():
-        raise TargetUnavailableError(
-            f"the node's command line ({cli.relative_to(REPO_ROOT)}) does not exist yet, so "
-            "`dicomnode serve` cannot be started; run with --targets storescp,orthanc"
-        )
-
-
-class NodeProcess:
-    """``dicomnode serve --config <tmp toml>`` on a free port with a fresh data folder."""
-
-    def __init__(self, work_dir: Path) -> None:
-        self.port = free_port()
-        self.data_dir = work_dir / "data"
-        self.config_path = work_dir / "node.toml"
-        self.log_path = work_dir / "node.log"
-        self._proc: subprocess.Popen[bytes] | None = None
-
-    def __enter__(self) -> NodeProcess:
-        self.data_dir.mkdir(parents=True)
-        self.config_path.write_text(_node_toml(self.data_dir, self.port), encoding="utf-8")
-        args = [sys.executable, "-c", NODE_LAUNCHER, "serve", "--config", str(self.config_path)]
-        with self.log_path.open("ab") as log:
-            self._proc = subprocess.Popen(
-                args, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT,
-                env=peer_env({"PYTHONPATH": str(REPO_ROOT)}), start_new_session=True,
-            )
-        deadline = time.monotonic() + NODE_START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                code = self._proc.returncode
-                self._proc = None
-                raise TargetUnavailableError(
-                    f"`dicomnode serve` exited with code {code} while starting; "
-                    f"log {self.log_path}:\n{log_tail(self.log_path)}"
-                )
-            if echoscu(LOOPBACK_HOST, self.port, NODE_AET, SENDER_AET, timeout_s=2).returncode == 0:
-                return self
-            time.sleep(0.2)
-        self.__exit__(None, None, None)
-        raise TargetUnavailableError(
-            f"`dicomnode serve` did not answer C-ECHO on port {self.port} within "
-            f"{NODE_START_TIMEOUT_S} s; log {self.log_path}:\n{log_tail(self.log_path)}"
-        )
-
-    def __exit__(self, *exc_info: object) -> None:
-        if self._proc is not None:
-            stop_process(self._proc)
-            self._proc = None
-
-
 def bench_node(series_dir: Path, items: int, repeats: int, work_dir: Path) -> Measurement:
     """Each repetition: a fresh node process and data folder; time the storescu transfer."""
-    _check_node_available()
     measurement = Measurement("node", items)
     for run in range(repeats):
-        with NodeProcess(work_dir / f"node-run{run}") as node:
-            send = functools.partial(_send, series_dir, LOOPBACK_HOST, node.port, NODE_AET)
+        node = NodeProcess(
+            work_dir / f"node-run{run}", ae_title=NODE_AET,
+            sections={"node": {"workers": 0, "quiet_period_s": NODE_QUIET_PERIOD_S}},
+        )
+        with node:
+            send = functools.partial(_send, series_dir, node.host, node.port, NODE_AET)
             measurement.seconds.append(timed(send))
+            stored = node.query("select count(*) from instances")[0][0]
+            if stored != items:
+                raise RuntimeError(f"node recorded {stored} of {items} instances")
     return measurement
 
 

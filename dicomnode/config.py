@@ -45,6 +45,7 @@ class NodeSettings:
     maximum_pdu_size: int = 0  # 0: unlimited
     min_free_disk_mb: int = 512
     fsync: bool = True
+    fsync_directories: bool = False  # also fsync folders: durable on non-journaling filesystems
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_ca: Path | None = None  # when set, clients must present a certificate signed by it

@@ -85,7 +85,12 @@ class Node:
 
     def start(self) -> None:
         s = self.settings
-        storage = Storage(s.node.data_dir, fsync=s.node.fsync, min_free_mb=s.node.min_free_disk_mb)
+        storage = Storage(
+            s.node.data_dir,
+            fsync=s.node.fsync,
+            sync_directories=s.node.fsync_directories,
+            min_free_mb=s.node.min_free_disk_mb,
+        )
         storage.clean_tmp()
         _engine, sessions = open_database(s.database_url)
         recorder = InstanceRecorder(sessions)

@@ -1,8 +1,10 @@
 """Start-up recovery: index spool files whose rows were lost, remove partial files.
 
-Every acknowledged instance was fsynced into the spool before its success status; its row
-was committed too, but with SQLite's ``synchronous=NORMAL`` a power loss can drop the newest
-commits. Re-indexing the spool makes the database agree with the files again.
+Every acknowledged instance was synced into the spool before its success status; its row was
+committed too, but with SQLite's ``synchronous=NORMAL`` a power loss can drop the newest
+commits. Re-indexing the spool makes the database agree with the files again. A file that does
+not read back whole (a crash between rename and sync, see ``dicomnode.storage``) belonged to an
+instance that was never acknowledged: it is moved to ``quarantine/`` for an operator to see.
 """
 
 from __future__ import annotations
@@ -10,7 +12,6 @@ from __future__ import annotations
 import logging
 
 from pydicom import dcmread
-from pydicom.errors import InvalidDicomError
 
 from dicomnode.db.records import InstanceRecorder
 from dicomnode.headers import instance_record
@@ -28,9 +29,16 @@ def reindex_spool(storage: Storage, recorder: InstanceRecorder) -> int:
         if relative in known:
             continue
         try:
-            ds = dcmread(path, stop_before_pixels=True)
-        except (InvalidDicomError, OSError) as exc:
-            log.error("spool file %s cannot be read (%s); left in place", relative, exc)
+            # Whole file, pixels decoded: a crash mid-write leaves it truncated. Only files
+            # without rows get here (after a power loss), so the decoding cost is rare.
+            ds = dcmread(path)
+            if "PixelData" in ds:
+                ds.pixel_array  # noqa: B018 - decoding is the check
+        except Exception as exc:  # truncated or corrupt: never acknowledged, so set aside
+            quarantined = storage.quarantine(path)
+            log.error(
+                "spool file %s is incomplete (%s): moved to %s", relative, exc, quarantined
+            )
             continue
         record = instance_record(
             ds,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from datetime import datetime
 
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import Engine, bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -71,11 +71,14 @@ class InstanceRecorder:
 
     def __init__(self, sessions: sessionmaker[Session]) -> None:
         self._sessions = sessions
+        self._engine: Engine = sessions.kw["bind"]
+        # Reads outside any transaction: a plain SELECT must not take SQLite's write lock.
+        self._reader = self._engine.execution_options(isolation_level="AUTOCOMMIT")
         self._series_ids: dict[str, tuple[int, int]] = {}  # series uid -> (study id, series id)
 
     def exists(self, sop_instance_uid: str) -> bool:
-        with self._sessions() as session:
-            found = session.connection().execute(_FIND_INSTANCE, {"uid": sop_instance_uid})
+        with self._reader.connect() as conn:
+            found = conn.execute(_FIND_INSTANCE, {"uid": sop_instance_uid})
             return found.first() is not None
 
     def known_paths(self) -> set[str]:
