@@ -11,8 +11,9 @@ at all, and synced before the caller acknowledges anything. Two ways to sync:
   twice the latency.
 
 A crash between rename and sync can leave an incomplete file under its final name, but only for
-an instance that was never acknowledged; start-up recovery checks every file it re-indexes. Paths are built only from validated DICOM UIDs, and
-every path is checked to stay inside its root.
+an instance that was never acknowledged; start-up recovery checks every file it re-indexes.
+Paths are built only from validated DICOM UIDs, and every path is checked to stay inside its
+root.
 """
 
 from __future__ import annotations

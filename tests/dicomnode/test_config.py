@@ -34,7 +34,8 @@ def test_environment_overrides_file(tmp_path: Path, monkeypatch) -> None:
     assert s.node.port == 11113
     assert s.node.allowed_calling_aets == ("PACS1", "PACS2")
     assert s.node.fsync is False
-    assert s.destinations[0].name == "pacs" and s.destinations[0].objects == ("SEG", "SR", "OVERLAY")
+    assert s.destinations[0].name == "pacs"
+    assert s.destinations[0].objects == ("SEG", "SR", "OVERLAY")
     monkeypatch.setenv("DICOMNODE_DESTINATIONS", "a=AET1@10.0.0.1:104;objects=SEG+SR,b=B@h:11")
     s = load_settings(cfg)
     assert [(d.name, d.ae_title, d.port, d.objects) for d in s.destinations] == [
@@ -50,7 +51,8 @@ def test_environment_overrides_file(tmp_path: Path, monkeypatch) -> None:
         "[node]\nunknown_key = 1\n",
         "[nodes]\nport = 1\n",
         "[pipeline]\nclassifier = \"resnet\"\n",
-        "[[destinations]]\nname = \"x\"\nae_title = \"X\"\nhost = \"h\"\nport = 1\nobjects = [\"PDF\"]\n",
+        "[[destinations]]\nname = \"x\"\nae_title = \"X\"\nhost = \"h\"\nport = 1\n"
+        "objects = [\"PDF\"]\n",
         "[node]\nport = \"abc\"\n",
     ],
 )

@@ -113,10 +113,10 @@ def test_worker_runs_job_and_queues_exports(settings, sessions, storage, queued_
 
 def test_input_errors_are_not_retried_but_crashes_are(settings, sessions, storage,
                                                       queued_job) -> None:
-    class BadSeries(Exception):
+    class BadSeriesError(Exception):
         retryable = False
 
-    Worker(settings, sessions, storage, CopyProcessor(BadSeries("no lungs")), "t:1").run_once()
+    Worker(settings, sessions, storage, CopyProcessor(BadSeriesError("no lungs")), "t:1").run_once()
     with sessions() as session:
         job = session.get_one(Job, queued_job)
         assert job.state == JobState.FAILED and "no lungs" in job.error
