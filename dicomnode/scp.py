@@ -67,7 +67,8 @@ def build_ae(settings: NodeSettings) -> AE:
     ae.require_calling_aet = list(settings.allowed_calling_aets)
     ae.add_supported_context(Verification)
     for context in AllStoragePresentationContexts:
-        ae.add_supported_context(context.abstract_syntax, list(ACCEPTED_TRANSFER_SYNTAXES))
+        if context.abstract_syntax is not None:
+            ae.add_supported_context(context.abstract_syntax, list(ACCEPTED_TRANSFER_SYNTAXES))
     return ae
 
 
@@ -88,7 +89,7 @@ def start_receiver(
 ) -> ThreadedAssociationServer:
     """Start listening in background threads; the caller stops it with ``server.shutdown()``."""
     ae = build_ae(settings)
-    handlers = [
+    handlers: list[Any] = [
         (evt.EVT_CONN_OPEN, _on_conn_open),
         (evt.EVT_C_ECHO, handle_echo),
         (evt.EVT_C_STORE, handle_store, [storage, recorder]),
@@ -101,6 +102,8 @@ def start_receiver(
         evt_handlers=handlers,
         ssl_context=tls_context(settings),
     )
+    if server is None:  # only a blocking server returns None
+        raise RuntimeError("pynetdicom did not return the server it started")
     log.info(
         "receiver %s listening on %s:%d%s",
         settings.ae_title,

@@ -209,12 +209,12 @@ class Reports:
                 "studies": session.scalar(select(func.count()).select_from(Study)) or 0,
                 "instances": session.scalar(select(func.sum(Series.instance_count))) or 0,
             }
-            for state, n in session.execute(
+            for job_state, n in session.execute(
                 select(Job.state, func.count()).group_by(Job.state)
             ).all():
-                result[f"jobs_{state.value}"] = n
-            for state, n in session.execute(
+                result[f"jobs_{job_state.value}"] = n
+            for export_state, n in session.execute(
                 select(Export.state, func.count()).group_by(Export.state)
             ).all():
-                result[f"exports_{state.value}"] = n
+                result[f"exports_{export_state.value}"] = n
             return result
