@@ -1,8 +1,9 @@
 """The one place where the order of the pipeline stages is written down.
 
 ``PipelineRunner.run``: lungs -> classification -> lesions -> statistics, each timed.
-``write_results``: SEG (lungs and lesions) -> SR (TID 1500, referencing the SEG) -> overlay
-(a slot for a writer of viewer-independent overlay images). Every UID of the written objects
+``write_results``: SEG (lungs and lesions) -> SR (TID 1500, referencing the SEG) -> viewer SR
+(lesion outlines for OHIF, only when there are lesions; kind "SR" too) -> overlay (a slot for
+a writer of viewer-independent overlay images). Every UID of the written objects
 is derived from the job's ``uid_root``, so writing again gives identical objects.
 """
 
@@ -19,6 +20,7 @@ import highdicom as hd
 
 from pipeline.export.seg import build_seg, plan_segments
 from pipeline.export.sr import PriorReportRef, build_sr
+from pipeline.export.viewer_sr import build_viewer_sr
 from pipeline.stages import Classifier, LesionLocalizer, LungSegmenter
 from pipeline.stats import lung_stats
 from pipeline.types import Classification, CTVolume, Lesion, ModelInfo, StudyResult
@@ -27,6 +29,7 @@ logger = logging.getLogger(__name__)
 
 SEG_FILE_NAME = "seg.dcm"
 SR_FILE_NAME = "sr.dcm"
+VIEWER_SR_FILE_NAME = "sr-viewer.dcm"
 
 
 @dataclass(frozen=True)
@@ -147,7 +150,8 @@ def write_results(
     """Write the result objects of ``result``; see the module docstring for the order.
 
     A SEG is written when some lung or lesion mask is non-empty, an SR when there is a
-    segment or a classification to report; the log says when one is left out.
+    segment or a classification to report, the viewer SR when the SEG has a lesion segment;
+    the log says when one is left out.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     written: list[WrittenObject] = []
@@ -173,6 +177,14 @@ def write_results(
         logger.info("wrote SR in %.2f s", time.perf_counter() - started)
     else:
         logger.warning("nothing to report: no SR written for %s", result.volume.series_instance_uid)
+    if seg is not None:
+        started = time.perf_counter()
+        viewer_sr = build_viewer_sr(result, plans, uid_root, predecessors)
+        if viewer_sr is not None:
+            path = out_dir / VIEWER_SR_FILE_NAME
+            viewer_sr.save_as(path)
+            written.append(_written(path, "SR", viewer_sr))
+            logger.info("wrote viewer SR in %.2f s", time.perf_counter() - started)
     if overlay is not None:
         started = time.perf_counter()
         images = overlay.write(result, out_dir, uid_root)

@@ -57,11 +57,13 @@ ABSENT = _standard(codes.DCM.Absent)  # 121054
 
 # --- measurements (CID 7469 generic intensity and size, CID 7464 derivations, UCUM) ---
 VOLUME = _standard(codes.SCT.Volume)  # 118565006
+AREA = _standard(codes.SCT.Area)  # 42798000, CID 7469
 ATTENUATION_COEFFICIENT = _standard(codes.DCM.AttenuationCoefficient)  # 112031
 MEAN = _standard(codes.SCT.Mean)  # 373098007, derivation
 SUM_OF_SEGMENTED_VOXEL_VOLUMES = CodedConcept("126030", "DCM", "Sum of segmented voxel volumes")
 PROBABILITY = _standard(codes.DCM.Probability)  # 122157
 UNIT_MILLILITER = CodedConcept("ml", "UCUM", "milliliter")
+UNIT_SQUARE_MILLIMETER = _standard(codes.UCUM.SquareMillimeter)  # mm2
 UNIT_HOUNSFIELD = _standard(codes.UCUM.HounsfieldUnit)  # [hnsf'U]
 UNIT_PERCENT = _standard(codes.UCUM.Percent)  # %
 UNIT_PROBABILITY = CodedConcept("{probability}", "UCUM", "probability")  # dimensionless 0..1

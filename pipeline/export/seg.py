@@ -110,9 +110,12 @@ def label_array(result: StudyResult, plans: tuple[SegmentPlan, ...]) -> npt.NDAr
 
 
 def algorithm_identification(model: ModelInfo) -> hd.AlgorithmIdentificationSequence:
-    """Algorithm name, version and family (CID 7162) for a SEG segment."""
+    """Algorithm name, version, family (CID 7162) and weights checksum for a SEG segment."""
     return hd.AlgorithmIdentificationSequence(
-        name=model.name, family=codes.algorithm_family(model), version=model.version
+        name=model.name,
+        family=codes.algorithm_family(model),
+        version=model.version,
+        parameters={"sha256": model.sha256} if model.sha256 else None,
     )
 
 

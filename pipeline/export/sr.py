@@ -87,7 +87,10 @@ def sr_uids(uid_root: str) -> tuple[str, str]:
 
 def _algorithm(model: ModelInfo) -> hd.sr.AlgorithmIdentification:
     return hd.sr.AlgorithmIdentification(
-        name=model.name, version=model.version, family=codes.algorithm_family(model)
+        name=model.name,
+        version=model.version,
+        parameters=[f"sha256={model.sha256}"] if model.sha256 else None,
+        family=codes.algorithm_family(model),
     )
 
 

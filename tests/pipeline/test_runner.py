@@ -120,7 +120,7 @@ def test_write_results_writes_seg_and_sr_with_deterministic_uids(
     first = runner.write_results(result, tmp_path / "a", "2.25.5555")
     again = runner.write_results(result, tmp_path / "b", "2.25.5555")
     other = runner.write_results(result, tmp_path / "c", "2.25.6666")
-    assert [obj.kind for obj in first] == ["SEG", "SR"]
+    assert [obj.kind for obj in first] == ["SEG", "SR", "SR"]  # the report + viewer outlines
     assert overlay.calls == [
         (tmp_path / "a", "2.25.5555"), (tmp_path / "b", "2.25.5555"), (tmp_path / "c", "2.25.6666")
     ]
@@ -133,7 +133,7 @@ def test_write_results_writes_seg_and_sr_with_deterministic_uids(
     uids = [(o.sop_instance_uid, o.series_instance_uid) for o in first]
     assert uids == [(o.sop_instance_uid, o.series_instance_uid) for o in again]
     assert not set(uids) & {(o.sop_instance_uid, o.series_instance_uid) for o in other}
-    assert len({uid for pair in uids for uid in pair}) == 4
+    assert len({uid for pair in uids for uid in pair}) == 6
 
 
 def test_write_results_with_nothing_found_writes_nothing(
