@@ -221,8 +221,7 @@ def build_runner(config: ProcessorConfig) -> PipelineRunner:
     classifier = build_classifier(config.classifier, config.device)
     localize = config.localize_lesions
     if localize and classifier is None:
-        logger.info("lesion localization needs a classifier; disabled (classifier 'none')")
-        localize = False
+        logger.info("no classifier: lesions come from the localizer's intensity-based fallback")
     overlay = build_overlay(config.overlay)
     return PipelineRunner(lungs, classifier, build_localizer(localize), overlay)
 

@@ -80,8 +80,6 @@ class PipelineRunner:
         localizer: LesionLocalizer | None = None,
         overlay: OverlayWriter | None = None,
     ) -> None:
-        if localizer is not None and classifier is None:
-            raise ValueError("lesion localization needs a classifier (it uses its activation)")
         self._lungs = lungs
         self._classifier = classifier
         self._localizer = localizer
@@ -107,7 +105,7 @@ class PipelineRunner:
             timings["classify"] = time.perf_counter() - started
 
         lesions: tuple[Lesion, ...] | None = None
-        if self._localizer is not None and classification is not None:
+        if self._localizer is not None:
             started = time.perf_counter()
             lesions = tuple(self._localizer.localize(volume, lungs, classification))
             timings["localize"] = time.perf_counter() - started

@@ -30,11 +30,15 @@ class Classifier(Protocol):
 
 
 class LesionLocalizer(Protocol):
-    """Finds lesion regions, using the classifier's activation map where it has one."""
+    """Finds lesion regions, using the classifier's activation map where there is one.
+
+    Without a classification (classifier "none") or without an activation map, a localizer
+    falls back to a weight-free method and says so in its documentation.
+    """
 
     @property
     def info(self) -> ModelInfo: ...
 
     def localize(
-        self, volume: CTVolume, lungs: LungMask, classification: Classification
+        self, volume: CTVolume, lungs: LungMask, classification: Classification | None
     ) -> tuple[Lesion, ...]: ...

@@ -129,7 +129,7 @@ class CamLesionLocalizer:
         return ModelInfo(LOCALIZER_NAME, LOCALIZER_VERSION)
 
     def localize(
-        self, volume: CTVolume, lungs: LungMask, classification: Classification
+        self, volume: CTVolume, lungs: LungMask, classification: Classification | None
     ) -> tuple[Lesion, ...]:
         started = time.perf_counter()
         lung = lungs.both
@@ -140,7 +140,7 @@ class CamLesionLocalizer:
         lung_b = lung[box.slices]
         hu_b = volume.hu[box.slices]
         dense = (window_uint8(hu_b) > self.intensity_level_min) & lung_b
-        activation = classification.activation
+        activation = classification.activation if classification is not None else None
         if activation is not None:
             if activation.shape != volume.shape:
                 raise ValueError(

@@ -60,10 +60,10 @@ class SphereLocalizer:
         return ModelInfo("sphere-localizer", "1.0", "d" * 64)
 
     def localize(
-        self, volume: CTVolume, lungs: LungMask, classification: Classification
+        self, volume: CTVolume, lungs: LungMask, classification: Classification | None
     ) -> tuple[Lesion, ...]:
         self._calls.append("localize")
-        assert classification.label == "covid19"
+        assert classification is None or classification.label == "covid19"
         return (sphere_lesion(volume, lungs, 1, (42.0, 0.0, 0.0), 10.0),)
 
 
@@ -103,9 +103,13 @@ def test_run_with_lungs_only(chest_phantom: Phantom) -> None:
     assert all(s.lesion_burden_percent is None for s in result.lung_stats)
 
 
-def test_localizer_without_classifier_is_refused() -> None:
-    with pytest.raises(ValueError, match="needs a classifier"):
-        PipelineRunner(MorphologicalLungSegmenter(), None, SphereLocalizer([]))
+def test_localizer_without_classifier_gets_no_classification(chest_phantom: Phantom) -> None:
+    calls: list[str] = []
+    result = PipelineRunner(RecordingLungs(calls), None, SphereLocalizer(calls)).run(
+        chest_phantom.volume
+    )
+    assert calls == ["lungs", "localize"]
+    assert result.classification is None and len(result.lesions) == 1
 
 
 def test_write_results_writes_seg_and_sr_with_deterministic_uids(

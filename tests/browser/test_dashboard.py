@@ -1,0 +1,120 @@
+"""The operators' pages in a real browser: the dashboard lists the processed study, its page
+shows the timeline from reception to export and opens the viewer, and nothing is shown
+without the token (login form for pages, 401 for programs).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+from playwright.sync_api import Page
+
+from . import ohif
+from .conftest import ProcessedStudy
+
+pytestmark = [pytest.mark.slow, pytest.mark.integration, pytest.mark.browser]
+
+Shoot = Callable[[Page, str], Path]
+TIMELINE_KINDS = ("study-received", "study-complete", "job-queued", "job-started", "job-done",
+                  "exported")
+
+
+def _tile(page: Page, label: str) -> int:
+    """The number on the dashboard tile labelled exactly ``label``."""
+    tile = page.locator(".tile").filter(has=page.get_by_text(label, exact=True))
+    assert tile.count() == 1, f"{tile.count()} tiles labelled {label!r}"
+    return int(tile.locator(".tile-number").inner_text())
+
+
+def _viewer_study(href: str | None) -> str:
+    """The study UID a ``/viewer?StudyInstanceUIDs=`` link opens ("" for any other link)."""
+    if href is None:
+        return ""
+    parts = urlsplit(href)
+    if parts.path != "/viewer":
+        return ""
+    return parse_qs(parts.query).get("StudyInstanceUIDs", [""])[0]
+
+
+def test_dashboard_lists_the_processed_study(
+    processed_study: ProcessedStudy, page: Page, shoot: Shoot
+) -> None:
+    study = processed_study
+    page.goto(f"{study.base_url}/node/?token={study.token}")
+    assert urlsplit(page.url).path == "/node/"
+    assert "token=" not in page.url
+    (sent,) = study.node.query("select count(*) from exports where state = 'sent'")[0]
+    assert sent > 0
+    assert _tile(page, "studies") == 1
+    assert _tile(page, "jobs done") == 1
+    assert _tile(page, "jobs failed") == 0
+    assert _tile(page, "exports sent") == sent
+    assert _tile(page, "exports failed") == 0
+
+    row = page.locator("section.panel", has_text="Studies").locator("tbody tr").filter(
+        has=page.locator(f'code[title="{study.study_uid}"]'))
+    assert row.count() == 1
+    assert row.locator(".state").first.inner_text() == "done"
+    assert row.get_by_text(f"{sent} sent").count() == 1
+    view = row.get_by_role("link", name="View")
+    assert _viewer_study(view.get_attribute("href")) == study.study_uid
+    shoot(page, "node-dashboard")
+
+
+def test_study_page_shows_timeline_and_opens_viewer(
+    processed_study: ProcessedStudy, page: Page, shoot: Shoot
+) -> None:
+    study = processed_study
+    page.goto(f"{study.base_url}/node/studies/{study.study_uid}?token={study.token}")
+    assert urlsplit(page.url).path == f"/node/studies/{study.study_uid}"
+    kinds = [k.strip() for k in page.locator("ol.timeline .event-kind").all_inner_texts()]
+    for kind in TIMELINE_KINDS:
+        assert kind in kinds, f"{kind} missing from the timeline {kinds}"
+    assert kinds.index("study-received") < kinds.index("job-done") < kinds.index("exported")
+    summary = page.locator("dl.summary")
+    assert summary.get_by_text("Lesions").count() == 1
+    lesions = summary.locator("div", has_text="Lesions").locator("dd").inner_text()
+    assert int(lesions) == study.lesion_count
+    kinds_listed = {t.strip() for t in page.locator("article.job .tag").all_inner_texts()}
+    assert {"SEG", "SR", "OVERLAY"} <= kinds_listed
+    shoot(page, "node-study")
+
+    link = page.get_by_role("link", name="Open in viewer")
+    href = link.get_attribute("href")
+    assert href is not None and href.startswith("/viewer?StudyInstanceUIDs=")
+    assert _viewer_study(href) == study.study_uid
+    # The session cookie alone authorises the viewer and its DICOMweb requests.
+    link.click()
+    ohif.wait_for_image(page)
+    assert _viewer_study(page.url.removeprefix(study.base_url)) == study.study_uid
+
+
+def test_nothing_without_the_token(processed_study: ProcessedStudy, page: Page,
+                                   shoot: Shoot) -> None:
+    study = processed_study
+    page.goto(f"{study.base_url}/node/")
+    parts = urlsplit(page.url)
+    assert parts.path == "/login"
+    assert parse_qs(parts.query).get("next") == ["/node/"]
+    assert page.get_by_text(study.study_uid).count() == 0
+    for path in ("/api/studies", f"/dicom-web/studies/{study.study_uid}/series", "/metrics"):
+        response = page.request.get(f"{study.base_url}{path}")
+        assert response.status == 401, f"{path}: {response.status}"
+    viewer = page.request.get(
+        ohif.viewer_url(study.base_url, study.study_uid), headers={"Accept": "text/html"},
+        max_redirects=0)
+    assert viewer.status == 303 and viewer.headers["location"].startswith("/login?next=")
+
+    page.fill("#token", "not-the-token")
+    page.get_by_role("button", name="Log in").click()
+    assert page.get_by_text("That token is not valid.").count() == 1
+    shoot(page, "node-login-refused")
+
+    page.fill("#token", study.token)
+    page.get_by_role("button", name="Log in").click()
+    page.wait_for_url(f"{study.base_url}/node/")
+    assert page.locator("section.panel", has_text="Studies").locator(
+        f'code[title="{study.study_uid}"]').count() == 1
