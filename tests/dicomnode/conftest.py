@@ -120,3 +120,15 @@ def receiver(
     server = start_receiver(settings.node, storage, InstanceRecorder(sessions))
     yield settings.node
     server.shutdown()
+
+
+@pytest.fixture()
+def queued_job(settings: Settings, sessions: sessionmaker[Session]) -> int:
+    """One 45-slice series recorded and evaluated: a queued job's id."""
+    from dicomnode.assembler import Assembler
+
+    from .test_assembler_and_queue import later, record_series
+
+    record_series(InstanceRecorder(sessions), "1.2.826.0.1.1", "1.2.826.0.1.1.2", 45)
+    (job_id,) = Assembler(sessions, settings).evaluate_due(later())
+    return job_id

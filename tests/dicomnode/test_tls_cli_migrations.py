@@ -23,7 +23,7 @@ from dicomnode.db.records import InstanceRecorder
 from dicomnode.scp import start_receiver
 
 from .conftest import ct_series
-from .test_worker_and_exporter import FakePacs, _exporter, _run_job, queued_job  # noqa: F401
+from .test_worker_and_exporter import FakePacs, _exporter, _run_job
 
 REPO = Path(__file__).resolve().parents[2]
 

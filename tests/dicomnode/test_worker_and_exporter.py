@@ -6,22 +6,18 @@ import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import pytest
 from pydicom import Dataset, dcmread
 from pynetdicom import AE, AllStoragePresentationContexts, evt
 from sqlalchemy import select
 
-from dicomnode.assembler import Assembler
 from dicomnode.config import Destination
 from dicomnode.db.exports import ExportLog
 from dicomnode.db.models import Export, ExportState, Job, JobState, ResultObject
-from dicomnode.db.records import InstanceRecorder
 from dicomnode.export import Exporter
 from dicomnode.processing import ProcessRequest
 from dicomnode.worker import Worker
 
 from .conftest import ct_series, free_port
-from .test_assembler_and_queue import later, record_series
 
 
 @dataclass(frozen=True)
@@ -86,14 +82,6 @@ class FakePacs:
 
     def stop(self) -> None:
         self.server.shutdown()
-
-
-@pytest.fixture()
-def queued_job(settings, sessions) -> int:
-    rec = InstanceRecorder(sessions)
-    record_series(rec, "1.2.826.0.1.1", "1.2.826.0.1.1.2", 45)
-    (job_id,) = Assembler(sessions, settings).evaluate_due(later())
-    return job_id
 
 
 def test_worker_runs_job_and_queues_exports(settings, sessions, storage, queued_job) -> None:
