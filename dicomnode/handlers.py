@@ -8,6 +8,8 @@ is committed (see ``dicomnode.storage`` and ``dicomnode.db.records``).
 from __future__ import annotations
 
 import logging
+import threading
+from pathlib import Path
 from typing import Any
 
 from pydicom import Dataset
@@ -22,6 +24,7 @@ from dicomnode.storage import DiskFullError, InvalidUIDError, Storage, check_uid
 log = logging.getLogger(__name__)
 
 ERROR_COMMENT_MAX_LEN = 64  # LO value representation
+_SOP_LOCKS = tuple(threading.Lock() for _ in range(64))
 
 
 def _refuse(code: StoreStatus, reason: str, sop_uid: str, calling: str) -> Dataset:
@@ -76,11 +79,26 @@ def handle_store(event: Event, storage: Storage, recorder: InstanceRecorder) -> 
     except InvalidUIDError as exc:
         return _refuse(StoreStatus.INVALID_STUDY_OR_SERIES_UID, str(exc), sop_uid, calling)
 
+    # The same instance arriving on two associations at once is written by one of them only.
+    with _SOP_LOCKS[hash(sop_uid) % len(_SOP_LOCKS)]:
+        return _store_once(event, ds, path, sop_uid, sop_class, calling, storage, recorder)
+
+
+def _store_once(
+    event: Event,
+    ds: Dataset,
+    path: Path,
+    sop_uid: str,
+    sop_class: str,
+    calling: str,
+    storage: Storage,
+    recorder: InstanceRecorder,
+) -> Dataset:
     try:
         if recorder.exists(sop_uid):
             log.debug("instance %s already stored; acknowledged without rewriting", sop_uid)
             return _status(StoreStatus.SUCCESS)
-        size = storage.write_atomic(path, [event.encoded_dataset(include_meta=True)])
+        size = storage.write_instance(path, event.encoded_dataset(include_meta=True))
     except DiskFullError as exc:
         return _refuse(StoreStatus.OUT_OF_RESOURCES, str(exc), sop_uid, calling)
     except Exception as exc:
@@ -100,5 +118,5 @@ def handle_store(event: Event, storage: Storage, recorder: InstanceRecorder) -> 
     except SQLAlchemyError as exc:
         log.error("instance %s written but not recorded: %s", sop_uid, exc)
         return _status(StoreStatus.CANNOT_RECORD, "database unavailable")
-    log.debug("stored instance %s series %s from %s", sop_uid, series_uid, calling)
+    log.debug("stored instance %s from %s", sop_uid, calling)
     return _status(StoreStatus.SUCCESS)

@@ -1,17 +1,19 @@
 """Durable file storage under the data directory.
 
-Files are written to a temporary name and renamed into place, so a file appears whole or not
-at all, and synced before the caller acknowledges anything. Two ways to sync:
+Received instances are synced before the caller acknowledges anything, in one of two ways:
 
-- default (``sync_directories=False``): rename, then ``fsync`` the file. On Linux journaling
-  filesystems (ext4, XFS) that one fsync commits the journal transaction holding the file's data
-  ordering, the new folders and the rename; one sync per instance, as Orthanc does.
-- ``sync_directories=True``: ``fdatasync`` the file before the rename, then ``fsync`` each
-  folder that changed: durable on any POSIX filesystem (network filesystems included), at about
-  twice the latency.
+- default (``sync_directories=False``), for Linux journaling filesystems (ext4, XFS): the file
+  is written under its final name and ``fdatasync``-ed. On these filesystems that one call
+  commits the journal transaction that also holds the new name and folders, so the instance
+  is durable with one sync, as Orthanc does it (measured here: one sync per instance, no
+  rename). Concurrent writers of the same instance are serialised by the receiver.
+- ``sync_directories=True``: written to a temporary file, ``fdatasync``-ed, renamed into place,
+  then every folder that changed is ``fsync``-ed: durable on any POSIX filesystem (network
+  filesystems included), at about twice the latency.
 
-A crash between rename and sync can leave an incomplete file under its final name, but only for
-an instance that was never acknowledged; start-up recovery checks every file it re-indexes.
+A crash in the middle of a write can leave an incomplete file under its final name, but only
+for an instance that was never acknowledged: start-up recovery reads every file it re-indexes
+and moves damaged ones to ``quarantine/``. Result files are always written atomically.
 Paths are built only from validated DICOM UIDs, and every path is checked to stay inside its
 root.
 """
@@ -70,6 +72,12 @@ def inside(root: Path, path: Path) -> bool:
     return True
 
 
+def _storage_error(exc: OSError, path: Path) -> StorageError:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return DiskFullError(f"no space left writing {path.name}")
+    return StorageError(f"cannot write {path.name}: {exc}")
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -105,7 +113,7 @@ class Storage:
             check_uid("SOPInstanceUID", sop_uid),
         ]
         # Validated UIDs hold only digits and single dots, never "/" or "..", so the path cannot
-        # leave the spool; write_atomic checks again before it writes.
+        # leave the spool; the write checks again before it writes.
         return self.root / SPOOL_DIR / parts[0] / parts[1] / f"{parts[2]}.dcm"
 
     def outbox_dir(self, job_id: int) -> Path:
@@ -131,8 +139,8 @@ class Storage:
                 f"free space under the reserve of {self.min_free_bytes // (1024 * 1024)} MB"
             )
 
-    def write_atomic(self, path: Path, chunks: Iterable[bytes]) -> int:
-        """Write ``chunks`` to ``path`` atomically and durably; return the byte count."""
+    def _prepare(self, path: Path) -> bool:
+        """Check the path and free space, create its folder; True if folders must be synced."""
         folder = path.parent
         if folder not in self._known_dirs and not inside(self.root, path):
             raise StorageError(f"refusing to write outside the data directory: {path}")
@@ -145,6 +153,26 @@ class Storage:
                 for new in created:
                     _fsync_dir(new.parent)
             self._known_dirs.add(folder)
+        return strict
+
+    def write_instance(self, path: Path, data: bytes) -> int:
+        """The receiver's durable write of one instance (see the module docstring)."""
+        if self._prepare(path):
+            return self.write_atomic(path, [data])
+        try:
+            with open(path, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                if self.fsync:
+                    os.fdatasync(fh.fileno())
+        except OSError as exc:
+            path.unlink(missing_ok=True)
+            raise _storage_error(exc, path) from exc
+        return len(data)
+
+    def write_atomic(self, path: Path, chunks: Iterable[bytes]) -> int:
+        """Write ``chunks`` to ``path`` atomically and durably; return the byte count."""
+        self._prepare(path)
         tmp = self.root / TMP_DIR / f"{uuid.uuid4().hex}.part"
         size = 0
         try:
@@ -153,19 +181,14 @@ class Storage:
                     fh.write(chunk)
                     size += len(chunk)
                 fh.flush()
-                if strict:
+                if self.fsync:
                     os.fdatasync(fh.fileno())
-                    os.replace(tmp, path)
-                    _fsync_dir(folder)
-                else:
-                    os.replace(tmp, path)
-                    if self.fsync:
-                        os.fsync(fh.fileno())
+            os.replace(tmp, path)
+            if self.fsync:
+                _fsync_dir(path.parent)
         except OSError as exc:
             tmp.unlink(missing_ok=True)
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise DiskFullError(f"no space left writing {path.name}") from exc
-            raise StorageError(f"cannot write {path.name}: {exc}") from exc
+            raise _storage_error(exc, path) from exc
         return size
 
     def spool_files(self) -> Iterable[Path]:

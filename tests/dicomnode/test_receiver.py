@@ -165,11 +165,13 @@ def test_enospc_gives_out_of_resources(settings, sessions, monkeypatch) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
     store = storage_mod.Storage(settings.node.data_dir, min_free_mb=0)
-    monkeypatch.setattr(storage_mod.os, "replace", no_space)
+    # with delayed allocation a full disk shows up when the data is synced
+    monkeypatch.setattr(storage_mod.os, "fdatasync", no_space)
     server = start_receiver(settings.node, store, InstanceRecorder(sessions))
     try:
         (status,) = _store(settings.node, ct_series(1))
         assert status.Status == 0xA700
+        assert not list((settings.node.data_dir / "spool").rglob("*.dcm")), "no partial file"
         assert not list((settings.node.data_dir / "tmp").iterdir())
     finally:
         server.shutdown()
@@ -222,14 +224,17 @@ def test_each_transfer_syntax_is_accepted_and_kept(receiver, settings, sessions,
 
 
 def test_files_are_synced_before_success(receiver, monkeypatch) -> None:
-    """Default: rename, then one fsync of the file (commits the journal on ext4/XFS)."""
+    """Default: written in place, then one fdatasync (commits the journal on ext4/XFS)."""
     calls: list[str] = []
     real_fsync = os.fsync
+    real_fdatasync = os.fdatasync
     monkeypatch.setattr(os, "fsync", lambda fd: (calls.append("fsync"), real_fsync(fd))[1])
-    monkeypatch.setattr(os, "fdatasync", lambda fd: calls.append("fdatasync"))
+    monkeypatch.setattr(
+        os, "fdatasync", lambda fd: (calls.append("fdatasync"), real_fdatasync(fd))[1]
+    )
     (status,) = _store(receiver, ct_series(1))
     assert status.Status == 0
-    assert calls == ["fsync"]
+    assert calls == ["fdatasync"]
 
 
 def test_strict_mode_syncs_data_then_folders(settings, monkeypatch) -> None:
@@ -240,7 +245,7 @@ def test_strict_mode_syncs_data_then_folders(settings, monkeypatch) -> None:
     monkeypatch.setattr(os, "fsync", lambda fd: calls.append("fsync"))
     monkeypatch.setattr(os, "fdatasync", lambda fd: calls.append("fdatasync"))
     path = store.instance_path("1.2.3", "1.2.3.4", "1.2.3.4.5")
-    store.write_atomic(path, [b"abc"])
+    store.write_instance(path, b"abc")
     # the two new folders' parents, then the data, then the folder that got the rename
     assert calls == ["fsync", "fsync", "fdatasync", "fsync"]
     assert path.read_bytes() == b"abc"
