@@ -23,7 +23,10 @@ from pipeline.processor import SUMMARY_FILE_NAME, ChestCTProcessor, analyze_file
 from tests.peers.studies import PreparedSeries
 from tests.pipeline.conftest import Phantom, dciodvfy_errors, slice_datasets, write_datasets
 
-MORPHOLOGY_ONLY = {"lung_segmentation": "morphological", "classifier": "none", "overlay": False}
+MORPHOLOGY_ONLY = {
+    "lung_segmentation": "morphological", "classifier": "none", "localize_lesions": False,
+    "overlay": False,
+}
 
 
 @pytest.fixture(scope="module")

@@ -49,7 +49,10 @@ from tests.pipeline.conftest import sphere_lesion
 
 pytestmark = pytest.mark.slow
 
-MORPHOLOGY_SETTINGS = {"lung_segmentation": "morphological", "classifier": "none", "overlay": True}
+MORPHOLOGY_SETTINGS = {
+    "lung_segmentation": "morphological", "classifier": "none", "localize_lesions": False,
+    "overlay": True,
+}
 PROCESSOR_UID_ROOT = "2.25.90210001"
 LESIONS_UID_ROOT = "2.25.90210002"
 TEST_LESION_RADIUS_MM = 15.0

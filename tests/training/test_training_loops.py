@@ -1,0 +1,133 @@
+"""One-step training of the U-Net and DeCoVNet on tiny data; checkpoints resume; augmentation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from training.augment import DECOVNET_AUGMENT, augment_slices, augment_volume, random_affine_theta
+from training.cache import load_case, save_case
+from training.checkpoint import load_checkpoint
+from training.synthetic import generate_case
+from training.train_decovnet import (
+    PreparedVolume,
+    choose_window,
+    load_prepared,
+    prepare_case,
+    save_prepared,
+    train_decovnet,
+)
+from training.train_unet import SliceSet, build_slice_set, train_unet
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def cached_cases(tmp_path_factory) -> list[Path]:
+    root = tmp_path_factory.mktemp("cases")
+    paths = []
+    for seed, kind in ((41, "covid"), (42, "normal")):
+        path = root / f"case_{seed}.npz"
+        save_case(generate_case(seed, kind=kind, matrix=96, slice_spacing_mm=4.0), path)
+        paths.append(path)
+    return paths
+
+
+def test_case_cache_round_trip(cached_cases: list[Path]) -> None:
+    original = generate_case(41, kind="covid", matrix=96, slice_spacing_mm=4.0)
+    loaded = load_case(cached_cases[0])
+    np.testing.assert_array_equal(loaded.hu, np.rint(original.hu))
+    np.testing.assert_array_equal(loaded.lung_left, original.lung_left)
+    np.testing.assert_array_equal(loaded.lesion_mask, original.lesion_mask)
+    assert loaded.kind == "covid" and loaded.label == original.label
+
+
+def test_affine_identity_and_augment_shapes() -> None:
+    rng = np.random.default_rng(0)
+    cfg = DECOVNET_AUGMENT.__class__(rotation_deg=0, translate_fraction=0, scale_delta=0,
+                                     shear_deg=0, brightness_delta=0, contrast_delta=0)
+    theta = random_affine_theta(rng, cfg, 16, 24)
+    np.testing.assert_allclose(theta.numpy(), [[1, 0, 0], [0, 1, 0]], atol=1e-6)
+    x = torch.rand(2, 5, 16, 24)
+    x[1] = (x[1] > 0.5).float()
+    y = augment_volume(x, rng, DECOVNET_AUGMENT)
+    assert y.shape == x.shape and float(y[0].min()) >= 0 and float(y[0].max()) <= 1
+    imgs, tgts = augment_slices(torch.rand(3, 1, 16, 24), torch.ones(3, 16, 24).long(), rng)
+    assert imgs.shape == (3, 1, 16, 24) and tgts.dtype == torch.long
+
+
+@pytest.mark.slow
+def test_unet_step_reduces_loss_and_resumes(cached_cases: list[Path], tmp_path: Path) -> None:
+    slices = build_slice_set(cached_cases, [], seed=0, slices_per_case=4, work_shape_px=(64, 96))
+    assert slices.images.shape[1:] == (64, 96) and set(np.unique(slices.labels)) <= {0, 1}
+    slices.save(tmp_path / "s.npz")
+    slices = SliceSet.load(tmp_path / "s.npz")
+    ckpt = tmp_path / "unet.pt"
+    _, state = train_unet(slices, ckpt, max_steps=20, max_minutes=2, batch=4, lr=3e-3)
+    assert state.step == 20
+    losses = [h["loss"] for h in state.history]
+    assert losses[-1] < losses[0]
+    _, resumed = train_unet(slices, ckpt, max_steps=22, max_minutes=2, batch=4, resume=True)
+    assert resumed.step == 22 and len(resumed.history) == 2
+
+
+@pytest.mark.slow
+def test_decovnet_prepare_train_and_resume(cached_cases: list[Path], tmp_path: Path) -> None:
+    prepared = [prepare_case(p, (32, 48), use_morphology=False) for p in cached_cases]
+    assert prepared[0].label == 1 and prepared[1].label == 0
+    assert prepared[0].finding_per_slice.sum() > 0 and prepared[1].finding_per_slice.sum() == 0
+    paths = []
+    for i, p in enumerate(prepared):
+        path = tmp_path / f"in_{i}.npz"
+        save_prepared(p, path)
+        paths.append(path)
+    again = load_prepared(paths[0])
+    np.testing.assert_array_equal(again.image, prepared[0].image)
+    ckpt = tmp_path / "decovnet.pt"
+    model, state = train_decovnet(paths, ckpt, max_steps=2, max_minutes=2, window_slices=8)
+    assert state.step == 2 and ckpt.exists()
+    logits, _ = model(prepared[0].tensor()[None])
+    assert logits.shape == (1, 2) and torch.isfinite(logits).all()
+    _, resumed = train_decovnet(paths, ckpt, max_steps=3, max_minutes=2, window_slices=8,
+                                resume=True)
+    assert resumed.step == 3
+    fresh = type(model)()
+    rng = np.random.default_rng(0)
+    st, cfg = load_checkpoint(ckpt, fresh, None, rng)
+    assert st.step == 3 and cfg["window_slices"] == 8
+
+
+def test_choose_window_centres_on_findings() -> None:
+    finding = np.zeros(100, dtype=np.int32)
+    finding[70:75] = 10
+    v = PreparedVolume(np.zeros((100, 4, 4), np.uint8), np.zeros((100, 4, 4), np.uint8), 1,
+                       "covid", 0, finding)
+    rng = np.random.default_rng(1)
+    for _ in range(20):
+        start, stop = choose_window(v, 20, rng)
+        assert stop - start == 20 and start <= 74 and stop > 70
+    assert choose_window(v, 200, rng) == (0, 100)
+
+
+@pytest.mark.slow
+def test_cnn_bert_light_training_runs(cached_cases: list[Path], tmp_path: Path) -> None:
+    from training.train_cnn_bert import train_cnn_bert
+
+    ckpt = tmp_path / "cnn_bert.pt"
+    model, mlp, state = train_cnn_bert(cached_cases, ckpt, max_steps=2, max_minutes=2,
+                                       depth=10, base_width=8, resize_px=40, crop_px=32,
+                                       mlp_epochs=5)
+    assert state.step == 2 and ckpt.exists()
+    assert (tmp_path / "cnn_bert_mlp.pt").exists()
+    logits, emb = model(torch.zeros(1, 3, 32, 32, 32))
+    assert logits.shape == (1, 2) and emb.shape == (1, 64)
+    assert mlp(torch.zeros(1, 128)).shape == (1, 2)

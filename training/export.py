@@ -1,0 +1,210 @@
+"""Export trained checkpoints into the model registry with a model card (``pipeline/weights``)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pipeline.models.decovnet import DeCoVNet
+from pipeline.models.registry import ModelSpec, export_weights
+from pipeline.models.unet2d import UNet2D
+from pipeline.preprocessing import UNET_WORK_SHAPE_PX, WINDOW_HU_MAX, WINDOW_HU_MIN
+from pipeline.stages.classify import DECOVNET_MODEL_NAME
+from pipeline.stages.lung_unet import DEFAULT_MODEL_NAME as UNET_MODEL_NAME
+from training.cache import KIND_CYCLE, SPLIT_SEED_BASE
+from training.train_decovnet import CLASS_NAMES
+
+logger = logging.getLogger(__name__)
+
+UNET_VERSION = "1.0.0-synthetic"
+DECOVNET_VERSION = "1.0.0-synthetic"
+
+NOT_FIT_FOR = """## Not fit for
+
+- Clinical diagnosis or any patient-care decision. It has never seen a labelled real patient
+  (see Training data), and its metrics are measured on synthetic phantoms.
+- Estimating performance on real scanners, protocols or patient populations: the phantoms'
+  anatomy, texture and lesion appearance are simplified models, not a sample of real CT.
+- Paediatric, contrast-enhanced, post-surgical or non-chest CT, which the phantoms do not cover.
+"""
+
+
+def _history_summary(payload: dict[str, Any]) -> str:
+    history = payload.get("history", [])
+    if not history:
+        return "no loss history recorded"
+    first, last = history[0], history[-1]
+    return (f"mean loss {first['loss']:.4f} at step {first['step']} -> {last['loss']:.4f} at "
+            f"step {last['step']}")
+
+
+def _metrics_section(metrics: dict[str, Any], keys: list[tuple[str, str]]) -> str:
+    if not metrics:
+        return "Not evaluated yet (run `python -m training evaluate`, then export again).\n"
+    lines: list[str] = []
+    for key, text in keys:
+        value = metrics
+        for part in key.split("."):
+            value = value.get(part, {}) if isinstance(value, dict) else {}
+        if isinstance(value, int | float):
+            lines.append(f"- {text}: {value:.4f}")
+    return "\n".join(lines) + "\n" if lines else "No metrics available.\n"
+
+
+def export_model(
+    which: str, work_dir: Path, metrics: dict[str, Any], registry_dir: Path | None = None,
+    crop_px: tuple[int, int] = (112, 168),
+    run_name: str | None = None,
+) -> ModelSpec:
+    """Export ``which`` ("unet" or "decovnet") from ``work_dir/checkpoints/<run_name>.pt``
+    (default run name: "unet" or "decovnet") with its model card."""
+    name = run_name or ("unet" if which == "unet" else "decovnet")
+    ckpt_path = work_dir / "checkpoints" / f"{name}.pt"
+    if not ckpt_path.exists():
+        raise FileNotFoundError(f"no checkpoint {ckpt_path}; train first")
+    payload = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    config = payload.get("config", {})
+    minutes = float(payload.get("elapsed_s", 0.0)) / 60.0
+    steps = int(payload.get("step", 0))
+    if which == "unet":
+        model: torch.nn.Module = UNet2D()
+        model.load_state_dict(payload["model"])
+        card = _unet_card(config, steps, minutes, payload, metrics)
+        return export_weights(
+            model, UNET_MODEL_NAME, "unet2d", version=UNET_VERSION, card_text=card,
+            class_names=("background", "lung"),
+            input_spec={"work_shape_px": list(UNET_WORK_SHAPE_PX),
+                        "window_hu": [WINDOW_HU_MIN, WINDOW_HU_MAX]},
+            metadata={"trained_steps": steps, "training_minutes": round(minutes, 1),
+                      "training_data": "synthetic phantoms (training.synthetic)"},
+            registry_dir=registry_dir,
+        )
+    if which == "decovnet":
+        dmodel = DeCoVNet(num_classes=len(CLASS_NAMES))
+        dmodel.load_state_dict(payload["model"])
+        card = _decovnet_card(config, steps, minutes, payload, metrics, crop_px)
+        return export_weights(
+            dmodel, DECOVNET_MODEL_NAME, "decovnet", version=DECOVNET_VERSION, card_text=card,
+            class_names=CLASS_NAMES, positive_class="covid19",
+            arch_kwargs={"num_classes": len(CLASS_NAMES)},
+            input_spec={"crop_shape_px": list(crop_px), "slice_spacing_mm": 1.0,
+                        "window_hu": [WINDOW_HU_MIN, WINDOW_HU_MAX]},
+            metadata={"trained_steps": steps, "training_minutes": round(minutes, 1),
+                      "training_data": "synthetic phantoms (training.synthetic)"},
+            registry_dir=registry_dir,
+        )
+    raise ValueError(f"unknown model {which!r}")
+
+
+def _augment_text(config: dict[str, Any]) -> str:
+    if config.get("augment") == "none":
+        return ("No augmentation (trial runs with it did not generalise within the step "
+                "budget; see docs/evaluation/report.md).")
+    return (f"One random affine per volume (rotation +-10 deg, translation +-10 %, scale "
+            f"1 +- 0.2, shear +-10 deg) plus brightness 1 +- {config.get('brightness_delta')} "
+            f"and contrast 1 +- {config.get('contrast_delta')} (the paper: 0.5 / 0.3).")
+
+
+def _init_text(config: dict[str, Any]) -> str:
+    if config.get("reinit_classifier", False):
+        return ("The two linear layers start from PyTorch's default initialisation instead of "
+                "the paper's N(0, 0.01), which left the loss at chance level in trial runs.")
+    return "Initialisation as the paper."
+
+
+def _aux_text(config: dict[str, Any]) -> str:
+    weight = float(config.get("aux_slice_cam_weight", 0.0) or 0.0)
+    if weight <= 0:
+        return ""
+    return (f"An auxiliary loss (weight {weight}, not in the paper) supervises the per-slice "
+            "maximum of the linearised COVID-class CAM with the phantoms' slice-level lesion "
+            "presence (binary cross entropy).")
+
+
+def _data_section(n_cases: int | str) -> str:
+    base = SPLIT_SEED_BASE["train"]
+    return (
+        f"Synthetic chest CT phantoms from `training/synthetic` (seeded numpy/scipy generator), "
+        f"training split seeds {base}..{base}+N (N = {n_cases} cases used), kinds cycling "
+        f"{'/'.join(KIND_CYCLE)} (half COVID-like: peripheral subpleural ground glass and "
+        f"consolidation; half look-alikes: lobar consolidation, central mass, normal lungs, some "
+        f"with dependent atelectasis), 256 x 256 matrix, 1-3 mm slices. Evaluation uses the "
+        f"disjoint test seeds {SPLIT_SEED_BASE['test']}.. .\n"
+    )
+
+
+def _unet_card(config: dict[str, Any], steps: int, minutes: float, payload: dict[str, Any],
+               metrics: dict[str, Any]) -> str:
+    return f"""# unet2d-lungs {UNET_VERSION}
+
+DeCoVNet's 2D U-Net (models.md §1.3; 839,506 parameters) segmenting lung vs background on axial
+slices, as `pipeline.stages.lung_unet.UNetLungSegmenter` feeds it.
+
+## Input
+The threshold lung box of the volume (`preprocessing.coarse_lung_box`), HU window
+[{WINDOW_HU_MIN:.0f}, {WINDOW_HU_MAX:.0f}] mapped to [0, 1], resized to
+{UNET_WORK_SHAPE_PX[0]} x {UNET_WORK_SHAPE_PX[1]} (`preprocessing.unet_input`). Output: 2-class
+logits (index 1 = lung).
+
+## Training data
+{_data_section(config.get('n_slices', '?'))}
+24 random slices of each phantom's lung box with its ground-truth lungs (trachea and main
+bronchi excluded, lesions included), plus slices of one real study of COVID-CT-MD
+(cap002, labels = the morphological segmenter's lungs) and three copies of it with synthetic
+lesions inserted inside those lungs. Slices used: {config.get('n_slices', '?')}.
+
+## Training settings
+Adam lr {config.get('lr')}, no weight decay, cross entropy, batch {config.get('batch')} slices,
+brightness 1 +- 0.5 and contrast 1 +- 0.3 (affine off, as the paper), seed
+{config.get('seed')}, {steps} steps, {minutes:.1f} min on one CPU thread;
+{_history_summary(payload)}.
+
+## Measured (held-out synthetic phantoms, `docs/evaluation/report.md`)
+{_metrics_section(metrics, [("lungs.unet.dice_both_mean", "lung Dice (both lungs), mean"),
+                            ("lungs.unet.dice_both_min", "lung Dice (both lungs), minimum"),
+                            ("lungs.morphological.dice_both_mean",
+                             "for comparison, morphological segmenter Dice, mean")])}
+{NOT_FIT_FOR}"""
+
+
+def _decovnet_card(config: dict[str, Any], steps: int, minutes: float, payload: dict[str, Any],
+                   metrics: dict[str, Any], crop_px: tuple[int, int]) -> str:
+    return f"""# decovnet {DECOVNET_VERSION}
+
+DeCoVNet (models.md §1.5, forward path only, 346,978 parameters), two classes
+{CLASS_NAMES} (index 1 = COVID-19), used by `pipeline.stages.classify.DeCoVNetClassifier` and
+its CAM by `pipeline.stages.localize.CamLesionLocalizer`.
+
+## Input
+`preprocessing.decovnet_input`: lung bounding box, window [{WINDOW_HU_MIN:.0f},
+{WINDOW_HU_MAX:.0f}] HU as uint8 levels / 255, slices resampled to 1 mm, in-plane resized to
+**{crop_px[0]} x {crop_px[1]}** (the paper uses 224 x 336; reduced for CPU training time; the
+stage reads `crop_shape_px` from this registry entry), channel 2 = lung mask.
+
+## Training data
+{_data_section(config.get('n_cases', '?'))}
+The mask channel comes from the ground-truth lungs for about half of the cases and from the
+morphological segmenter for the other half, so both kinds of mask are seen.
+
+## Training settings
+Adam lr {config.get('lr')} (the paper's 1e-5 raised for the CPU time budget), no weight decay,
+cross entropy, batch 1 volume, classes drawn 50/50 (oversampling). {_augment_text(config)}
+{_init_text(config)} {_aux_text(config)}
+To fit the CPU budget, the steps before {config.get('full_from_step')} (or before 90 % of the
+time budget) see a window of {config.get('window_slices')} consecutive 1-mm slices (around a
+finding when the case has one), the later steps whole volumes. Seed {config.get('seed')},
+{steps} steps, {minutes:.1f} min on one CPU thread; {_history_summary(payload)}.
+
+## Measured (held-out synthetic phantoms, `docs/evaluation/report.md`)
+{_metrics_section(metrics, [("classification.roc_auc", "ROC AUC (COVID vs non-COVID)"),
+                            ("classification.f1", "F1 at p = 0.5"),
+                            ("classification.sensitivity", "sensitivity at p = 0.5"),
+                            ("classification.specificity", "specificity at p = 0.5"),
+                            ("localization.hit_rate_largest",
+                             "lesion hit rate (largest CAM lesion, DeCoVNet definition)"),
+                            ("localization.hit_rate_union", "lesion hit rate (all CAM lesions)"),
+                            ("localization.lesion_dice_mean", "lesion Dice, mean")])}
+{NOT_FIT_FOR}"""

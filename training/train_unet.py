@@ -1,0 +1,137 @@
+"""Train the DeCoVNet 2D U-Net (lungs vs background) on phantom slices, as the stage feeds it.
+
+The inputs are made by the stage's own functions (``preprocessing.coarse_lung_box`` and
+``unet_input``): the threshold lung box of a volume, windowed to [0, 1] and resized to the
+working shape (160 x 224). Labels are the phantoms' ground-truth lungs; optionally slices of a real
+study labelled by the morphological segmenter (with synthetic lesions inserted inside its lungs)
+are mixed in so that real CT texture is seen. Recipe (models.md §1.3): Adam lr 1e-3, cross
+entropy, brightness 1 +- 0.5 and contrast 1 +- 0.3.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from pipeline.models.unet2d import UNet2D
+from pipeline.preprocessing import UNET_WORK_SHAPE_PX, coarse_lung_box, unet_input, unet_target
+from pipeline.types import CTVolume
+from training.augment import UNET_AUGMENT, augment_slices
+from training.cache import load_case
+from training.checkpoint import TrainState
+from training.loop import LoopConfig, run_training
+
+logger = logging.getLogger(__name__)
+
+UNET_SLICES_PER_CASE = 24
+UNET_BATCH = 8
+UNET_LR = 1e-3
+
+
+@dataclass(frozen=True)
+class SliceSet:
+    """Cached U-Net training slices: uint8 images (N x H x W, window levels) and 0/1 labels."""
+
+    images: npt.NDArray[np.uint8]
+    labels: npt.NDArray[np.uint8]
+    sources: npt.NDArray[np.str_]
+
+    def save(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(path, images=self.images, labels=self.labels, sources=self.sources)
+
+    @classmethod
+    def load(cls, path: Path) -> SliceSet:
+        with np.load(path) as d:
+            return cls(d["images"], d["labels"], d["sources"])
+
+
+def slices_from_volume(
+    hu: npt.NDArray[np.float32],
+    spacing_mm: tuple[float, float, float],
+    lungs: npt.NDArray[np.bool_],
+    n_slices: int,
+    rng: np.random.Generator,
+    work_shape_px: tuple[int, int] = UNET_WORK_SHAPE_PX,
+) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.uint8]]:
+    """``n_slices`` random slices of the stage's coarse lung box, as the stage builds them."""
+    box = coarse_lung_box(hu, spacing_mm)
+    if box is None:
+        raise ValueError("no internal air: the coarse lung box is empty")
+    z = np.sort(rng.choice(np.arange(box.z0, box.z1), size=min(n_slices, box.z1 - box.z0),
+                           replace=False))
+    x = unet_input(hu, box, z, work_shape_px)[:, 0]
+    y = unet_target(lungs, box, z, work_shape_px)
+    return (np.rint(x * 255.0).astype(np.uint8), y.astype(np.uint8))
+
+
+def build_slice_set(
+    case_paths: list[Path],
+    real_volumes: list[tuple[str, CTVolume, npt.NDArray[np.bool_]]],
+    seed: int,
+    slices_per_case: int = UNET_SLICES_PER_CASE,
+    work_shape_px: tuple[int, int] = UNET_WORK_SHAPE_PX,
+) -> SliceSet:
+    """Slices from phantom cases (ground-truth lungs) and real volumes (given lung labels)."""
+    rng = np.random.default_rng(seed)
+    images, labels, sources = [], [], []
+    for path in tqdm(case_paths, desc="U-Net slices", unit="case"):
+        case = load_case(path)
+        try:
+            x, y = slices_from_volume(case.hu, case.spacing_mm, case.lungs, slices_per_case, rng,
+                                      work_shape_px)
+        except ValueError as exc:
+            logger.warning("skipping %s: %s", path.name, exc)
+            continue
+        images.append(x)
+        labels.append(y)
+        sources += [f"phantom:{case.seed}"] * len(x)
+    for name, volume, lung in real_volumes:
+        x, y = slices_from_volume(volume.hu, volume.spacing_mm, lung, 2 * slices_per_case, rng,
+                                  work_shape_px)
+        images.append(x)
+        labels.append(y)
+        sources += [f"real:{name}"] * len(x)
+    return SliceSet(np.concatenate(images), np.concatenate(labels), np.asarray(sources))
+
+
+def train_unet(
+    slices: SliceSet,
+    checkpoint_path: Path,
+    *,
+    max_steps: int,
+    max_minutes: float,
+    batch: int = UNET_BATCH,
+    lr: float = UNET_LR,
+    seed: int = 0,
+    resume: bool = False,
+    device: torch.device | None = None,
+) -> tuple[UNet2D, TrainState]:
+    """Train a fresh (or resumed) UNet2D on ``slices``; returns the model (eval mode, CPU)."""
+    dev = device or torch.device("cpu")
+    model = UNet2D().to(dev)
+    n = len(slices.images)
+    if n == 0:
+        raise ValueError("no training slices")
+    images = torch.from_numpy(slices.images)
+    labels = torch.from_numpy(slices.labels)
+
+    def step(m: torch.nn.Module, rng: np.random.Generator) -> torch.Tensor:
+        idx = torch.from_numpy(rng.choice(n, size=min(batch, n), replace=False))
+        x = images[idx].float().div_(255.0)[:, None]
+        y = labels[idx].long()
+        x, y = augment_slices(x, y, rng, UNET_AUGMENT)
+        return F.cross_entropy(m(x.to(dev)), y.to(dev))
+
+    cfg = LoopConfig(max_steps=max_steps, max_minutes=max_minutes, lr=lr, seed=seed,
+                     checkpoint_every=100)
+    record = {"batch": batch, "lr": lr, "n_slices": n, "seed": seed}
+    state = run_training(model, step, cfg, checkpoint_path, resume, record, "train-unet")
+    return model.cpu(), state
