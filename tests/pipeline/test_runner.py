@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
-import pytest
 
 from pipeline.runner import PipelineRunner, WrittenObject, write_results
 from pipeline.stages.lung_morphology import MorphologicalLungSegmenter
