@@ -338,6 +338,7 @@ def summarize(
                 "mean_hu": _number(lesion.mean_hu, 1),
                 "peak_activation": _number(lesion.peak_activation, 3),
                 "largest_slice": lesion.largest_slice,
+                "method": lesion.method,
             }
             for lesion in result.lesions
         ],

@@ -103,6 +103,7 @@ class Lesion:
     mean_hu: float
     peak_activation: float
     largest_slice: int  # z index of the axial slice where the lesion is largest
+    method: str = "cam"  # "cam" (activation map + 3DCC) or "intensity" (weight-free fallback)
 
 
 @dataclass(frozen=True)

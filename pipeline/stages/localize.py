@@ -149,10 +149,14 @@ class CamLesionLocalizer:
             act_b = activation[box.slices]
             if float(act_b.max()) > 0.0:
                 seed = (act_b > top_share_threshold(act_b, self.top_share)) & dense
-            else:  # a flat (all-zero) map activates nothing
-                seed = np.zeros(dense.shape, dtype=bool)
+            else:
+                # A flat map (the class has no positive evidence anywhere, as with an
+                # under-trained model) would localize nothing: say so and fall back.
+                logger.warning("activation map is empty: lesions from the intensity fallback")
+                act_b = None
         else:
             act_b = None
+        if act_b is None:
             seed = self._intensity_seed(dense, volume.spacing_mm)
         if self.restrict_slice_range:
             first, stop = lung_slice_range(lung_b.sum(axis=(1, 2)))
@@ -164,7 +168,7 @@ class CamLesionLocalizer:
         logger.info(
             "localized %d lesion(s) (%s, %d seed components) in %.2f s",
             len(lesions),
-            "CAM" if activation is not None else "intensity fallback",
+            "CAM" if act_b is not None else "intensity fallback",
             count,
             time.perf_counter() - started,
         )
@@ -253,6 +257,7 @@ class CamLesionLocalizer:
                     mean_hu=float(hu_b[region][part].mean()),
                     peak_activation=peak,
                     largest_slice=int(region[0].start + box.z0 + int(np.argmax(areas))),
+                    method="cam" if act_b is not None else "intensity",
                 )
             )
         return tuple(out)

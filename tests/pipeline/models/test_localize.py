@@ -134,8 +134,11 @@ def test_size_threshold_and_flat_activation(phantom: Phantom) -> None:
         CamLesionLocalizer(min_volume_ml=1000.0).localize(v, lungs, _classification(activation))
         == ()
     )
+    # a flat map (no positive evidence anywhere) falls back to the intensity candidates
     flat = np.zeros(v.shape, np.float32)
-    assert CamLesionLocalizer().localize(v, lungs, _classification(flat)) == ()
+    fallback = CamLesionLocalizer().localize(v, lungs, _classification(flat))
+    assert fallback and all(lesion.method == "intensity" for lesion in fallback)
+    assert (fallback[0].mask & phantom.lesion).sum() >= 0.9 * fallback[0].mask.sum()
 
 
 def test_fallback_without_activation_map(phantom: Phantom) -> None:
@@ -144,7 +147,7 @@ def test_fallback_without_activation_map(phantom: Phantom) -> None:
     lesions = CamLesionLocalizer().localize(v, lungs, _classification(None))
     assert len(lesions) >= 1
     assert (lesions[0].mask & phantom.lesion).sum() >= 0.9 * lesions[0].mask.sum()
-    assert lesions[0].peak_activation == 0.0
+    assert lesions[0].peak_activation == 0.0 and lesions[0].method == "intensity"
 
 
 def test_localizer_argument_checks() -> None:
