@@ -204,7 +204,8 @@ finding when the case has one), the later steps whole volumes. Seed {config.get(
                             ("classification.sensitivity", "sensitivity at p = 0.5"),
                             ("classification.specificity", "specificity at p = 0.5"),
                             ("localization.hit_rate_largest",
-                             "lesion hit rate (largest CAM lesion, DeCoVNet definition)"),
-                            ("localization.hit_rate_union", "lesion hit rate (all CAM lesions)"),
+                             "lesion hit rate (largest lesion, DeCoVNet definition; the CAM "
+                             "was empty, lesions came from the intensity fallback)"),
+                            ("localization.hit_rate_union", "lesion hit rate (all lesions)"),
                             ("localization.lesion_dice_mean", "lesion Dice, mean")])}
 {NOT_FIT_FOR}"""
