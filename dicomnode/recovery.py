@@ -34,6 +34,14 @@ def reindex_spool(storage: Storage, recorder: InstanceRecorder) -> int:
             ds = dcmread(path)
             if "PixelData" in ds:
                 ds.pixel_array  # noqa: B018 - decoding is the check
+            # The file must hold the very instance its path names (valid UIDs included).
+            named = storage.instance_path(
+                str(ds.get("StudyInstanceUID", "")),
+                str(ds.get("SeriesInstanceUID", "")),
+                str(ds.get("SOPInstanceUID", "")),
+            )
+            if named != path:
+                raise ValueError("its UIDs do not match its path")
         except Exception as exc:  # truncated or corrupt: never acknowledged, so set aside
             quarantined = storage.quarantine(path)
             log.error(

@@ -263,7 +263,13 @@ def test_truncated_spool_file_is_quarantined(settings, storage, sessions) -> Non
     bad_path = storage.instance_path(bad.StudyInstanceUID, bad.SeriesInstanceUID,
                                      bad.SOPInstanceUID)
     bad_path.write_bytes(bad_path.read_bytes()[:-3000])  # a crash mid-write
+    # a file whose content does not match its name (killed while a buffer was half written)
+    stray = storage.instance_path(good.StudyInstanceUID, good.SeriesInstanceUID, "1.2.3.4")
+    other = good.copy()
+    other.SOPInstanceUID = ""
+    other.save_as(stray)
     assert reindex_spool(storage, InstanceRecorder(sessions)) == 1
+    assert not stray.exists()
     assert not bad_path.exists()
     assert list((settings.node.data_dir / "quarantine").rglob("*.dcm"))
 

@@ -92,6 +92,7 @@ def test_node_killed_mid_transfer_keeps_every_acknowledged_instance(covid_study,
         rest = storescu(big, node.host, node.port, node.ae_title)
         assert rest.returncode == 0
         assert node.query("select count(*) from instances")[0][0] == 300
+        assert node.query("select count(*) from series") == [(1,)]  # nothing half-read indexed
 
 
 def test_pacs_down_then_up_results_delivered(orthanc, covid_study, tmp_path) -> None:
