@@ -18,7 +18,7 @@ from pydicom.uid import generate_uid
 
 from dicomnode.config import Settings, pipeline_options
 from dicomnode.errors import DicomNodeError
-from dicomnode.headers import float_value, int_value, text_value
+from dicomnode.headers import instance_record, text_value
 from dicomnode.processing import ProcessRequest, load_processor
 from dicomnode.selection import InstanceGeometry, SeriesCandidate, choose_series
 from dicomnode.send import dicom_files
@@ -39,19 +39,11 @@ def _candidates(files: list[Path]) -> tuple[list[SeriesCandidate], dict[str, lis
         series = str(ds.get("SeriesInstanceUID", "")) or "(no series uid)"
         info.setdefault(series, (text_value(ds, "Modality"), text_value(ds, "SeriesDescription")))
         paths[series].append(path)
-        geometry[series].append(
-            InstanceGeometry(
-                sop_class_uid=str(ds.get("SOPClassUID", "")),
-                instance_number=int_value(ds, "InstanceNumber"),
-                image_type=text_value(ds, "ImageType"),
-                rows=int_value(ds, "Rows"),
-                columns=int_value(ds, "Columns"),
-                image_position=text_value(ds, "ImagePositionPatient") or None,
-                image_orientation=text_value(ds, "ImageOrientationPatient") or None,
-                pixel_spacing=text_value(ds, "PixelSpacing") or None,
-                slice_thickness=float_value(ds, "SliceThickness"),
-            )
+        record = instance_record(
+            ds, sop_class_uid=str(ds.get("SOPClassUID", "")), transfer_syntax_uid="",
+            path=str(path), size_bytes=0,
         )
+        geometry[series].append(InstanceGeometry.of(record))
     candidates = [
         SeriesCandidate(uid, info[uid][0], info[uid][1], tuple(geometry[uid])) for uid in paths
     ]

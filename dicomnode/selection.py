@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 from dicomnode.config import SelectionSettings
 
@@ -32,6 +32,11 @@ class InstanceGeometry:
     image_orientation: str | None
     pixel_spacing: str | None
     slice_thickness: float | None
+
+    @classmethod
+    def of(cls, source: object) -> InstanceGeometry:
+        """The geometry fields of anything that has them by name (a row, an InstanceRecord)."""
+        return cls(**{f.name: getattr(source, f.name) for f in fields(cls)})
 
 
 @dataclass(frozen=True)

@@ -49,20 +49,7 @@ def load_study(session: Session, study_id: int) -> StudySnapshot:
                 series_instance_uid=series.series_instance_uid,
                 modality=series.modality,
                 description=series.description,
-                instances=tuple(
-                    InstanceGeometry(
-                        sop_class_uid=i.sop_class_uid,
-                        instance_number=i.instance_number,
-                        image_type=i.image_type,
-                        rows=i.rows,
-                        columns=i.columns,
-                        image_position=i.image_position,
-                        image_orientation=i.image_orientation,
-                        pixel_spacing=i.pixel_spacing,
-                        slice_thickness=i.slice_thickness,
-                    )
-                    for i in instances
-                ),
+                instances=tuple(InstanceGeometry.of(i) for i in instances),
             )
         )
         series_ids[series.series_instance_uid] = series.id

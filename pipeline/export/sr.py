@@ -85,11 +85,16 @@ def sr_uids(uid_root: str) -> tuple[str, str]:
     return derive_uid(uid_root, "sr", "series"), derive_uid(uid_root, "sr", "instance")
 
 
-def _algorithm(model: ModelInfo) -> hd.sr.AlgorithmIdentification:
+WEIGHTS_CHECKSUM_PARAMETER = "sha256"  # name of the weights checksum among algorithm parameters
+
+
+def algorithm_identification(model: ModelInfo) -> hd.sr.AlgorithmIdentification:
+    """TID 4019 name, version and family; a trained model's weights checksum as its
+    "Algorithm Parameters" (``sha256=<hex>``), which pins the exact weights used."""
     return hd.sr.AlgorithmIdentification(
         name=model.name,
         version=model.version,
-        parameters=[f"sha256={model.sha256}"] if model.sha256 else None,
+        parameters=[f"{WEIGHTS_CHECKSUM_PARAMETER}={model.sha256}"] if model.sha256 else None,
         family=codes.algorithm_family(model),
     )
 
@@ -179,7 +184,7 @@ def _lung_group(
                 laterality=codes.fresh(codes.LATERALITY_CODES[plan.side]),
             )
         ],
-        algorithm_id=_algorithm(model),
+        algorithm_id=algorithm_identification(model),
         measurements=measurements,
     )
 
@@ -205,7 +210,7 @@ def _lesion_group(
                 )
             )
         ],
-        algorithm_id=_algorithm(model),
+        algorithm_id=algorithm_identification(model),
         measurements=measurements,
     )
 
@@ -225,7 +230,7 @@ def _classification_groups(
                     identifier=f"Classification {class_name}"[:64],
                 ),
                 finding_type=codes.class_code(class_name),
-                algorithm_id=_algorithm(classification.model),
+                algorithm_id=algorithm_identification(classification.model),
                 measurements=[
                     hd.sr.Measurement(
                         name=codes.fresh(codes.PROBABILITY),
@@ -244,7 +249,22 @@ def _classification_groups(
     return groups
 
 
-def _predecessor_dataset(prior: PriorReportRef) -> Dataset:
+def observation_context() -> hd.sr.ObservationContext:
+    """TID 1002 device observer: this node, by a fixed UID and name, in every report it writes."""
+    observer = hd.sr.ObserverContext(
+        observer_type=dicom_codes.cid270.Device,
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+            uid=DEVICE_OBSERVER_UID,
+            name=DEVICE_OBSERVER_NAME,
+            manufacturer_name=MANUFACTURER,
+            model_name=MANUFACTURER_MODEL_NAME,
+            serial_number=DEVICE_SERIAL_NUMBER,
+        ),
+    )
+    return hd.sr.ObservationContext(observer_device_context=observer)
+
+
+def predecessor_dataset(prior: PriorReportRef) -> Dataset:
     ds = Dataset()
     ds.StudyInstanceUID = prior.study_instance_uid
     ds.SeriesInstanceUID = prior.series_instance_uid
@@ -281,18 +301,8 @@ def build_sr(
         groups.extend(_classification_groups(result.classification, uid_root))
     if not groups:
         raise ValueError("nothing to report: no segment and no classification")
-    observer = hd.sr.ObserverContext(
-        observer_type=dicom_codes.cid270.Device,
-        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
-            uid=DEVICE_OBSERVER_UID,
-            name=DEVICE_OBSERVER_NAME,
-            manufacturer_name=MANUFACTURER,
-            model_name=MANUFACTURER_MODEL_NAME,
-            serial_number=DEVICE_SERIAL_NUMBER,
-        ),
-    )
     report = hd.sr.MeasurementReport(
-        observation_context=hd.sr.ObservationContext(observer_device_context=observer),
+        observation_context=observation_context(),
         procedure_reported=codes.fresh(codes.PROCEDURE_CT_CHEST),
         imaging_measurements=groups,
         language_of_content_item_and_descendants=hd.sr.LanguageOfContentItemAndDescendants(
@@ -320,7 +330,7 @@ def build_sr(
         is_complete=True,
         is_final=False,
         is_verified=False,
-        previous_versions=[_predecessor_dataset(p) for p in predecessors] or None,
+        previous_versions=[predecessor_dataset(p) for p in predecessors] or None,
         series_description=SR_SERIES_DESCRIPTION,
         manufacturer_model_name=MANUFACTURER_MODEL_NAME,
         software_versions=SOFTWARE_VERSIONS,

@@ -49,7 +49,6 @@ import highdicom as hd
 import numpy as np
 import numpy.typing as npt
 from pydicom.dataset import Dataset
-from pydicom.sr.codedict import codes as dicom_codes
 
 from pipeline.export import codes
 from pipeline.export.contours import outline
@@ -61,9 +60,14 @@ from pipeline.export.seg import (
     SegmentPlan,
     lesion_model,
 )
-from pipeline.export.sr import DEVICE_OBSERVER_NAME, DEVICE_OBSERVER_UID, PriorReportRef
+from pipeline.export.sr import (
+    PriorReportRef,
+    algorithm_identification,
+    observation_context,
+    predecessor_dataset,
+)
 from pipeline.export.uids import derive_uid
-from pipeline.types import Lesion, ModelInfo, StudyResult
+from pipeline.types import Lesion, StudyResult
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +76,6 @@ VIEWER_SR_INSTANCE_NUMBER = 1
 VIEWER_SR_SERIES_DESCRIPTION = "AI findings for viewers (outlines)"
 # Tracking identifier naming the Cornerstone3D tool a viewer maps a freehand outline to.
 CORNERSTONE_FREEHAND_TRACKING_ID = "Cornerstone3DTools@^0.1.0:PlanarFreehandROI"
-WEIGHTS_CHECKSUM_PARAMETER = "sha256"  # name of the weights checksum among algorithm parameters
 AREA_DIGITS = 3  # decimals of areas in mm2
 HU_DIGITS = 2  # decimals of mean attenuation in HU
 VOLUME_DIGITS = 3  # decimals of volumes in mL
@@ -130,17 +133,6 @@ def lesion_outline(result: StudyResult, lesion: Lesion) -> LesionOutline:
         points=outline(plane),
         area_mm2=float(areas[z]) * row_spacing_mm * column_spacing_mm,
         mean_hu=float(result.volume.hu[z][plane].mean()),
-    )
-
-
-def _algorithm(model: ModelInfo) -> hd.sr.AlgorithmIdentification:
-    """TID 4019 name, version and family; a trained model's weights checksum as its
-    "Algorithm Parameters" (``sha256=<hex>``), which pins the exact weights used."""
-    return hd.sr.AlgorithmIdentification(
-        name=model.name,
-        version=model.version,
-        family=codes.algorithm_family(model),
-        parameters=[f"{WEIGHTS_CHECKSUM_PARAMETER}={model.sha256}"] if model.sha256 else None,
     )
 
 
@@ -212,34 +204,10 @@ def _lesion_group(
                 laterality=codes.fresh(codes.LATERALITY_CODES.get(lesion.side, codes.BILATERAL)),
             )
         ],
-        algorithm_id=_algorithm(lesion_model(result)),
+        algorithm_id=algorithm_identification(lesion_model(result)),
         measurements=_measurements(drawn, lesion),
         qualitative_evaluations=_classification(result) or None,
     )
-
-
-def _observation_context() -> hd.sr.ObservationContext:
-    """The main report's device observer: this node, by the same UID and name."""
-    observer = hd.sr.ObserverContext(
-        observer_type=dicom_codes.cid270.Device,
-        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
-            uid=DEVICE_OBSERVER_UID,
-            name=DEVICE_OBSERVER_NAME,
-            manufacturer_name=MANUFACTURER,
-            model_name=MANUFACTURER_MODEL_NAME,
-            serial_number=DEVICE_SERIAL_NUMBER,
-        ),
-    )
-    return hd.sr.ObservationContext(observer_device_context=observer)
-
-
-def _predecessor_dataset(prior: PriorReportRef) -> Dataset:
-    ds = Dataset()
-    ds.StudyInstanceUID = prior.study_instance_uid
-    ds.SeriesInstanceUID = prior.series_instance_uid
-    ds.SOPInstanceUID = prior.sop_instance_uid
-    ds.SOPClassUID = prior.sop_class_uid
-    return ds
 
 
 def lesion_outlines(
@@ -273,7 +241,7 @@ def build_viewer_sr(
     for _, _, outline_ in drawn:
         outlined_images.setdefault(str(outline_.source.SOPInstanceUID), outline_.source)
     report = hd.sr.MeasurementReport(
-        observation_context=_observation_context(),
+        observation_context=observation_context(),
         procedure_reported=codes.fresh(codes.PROCEDURE_CT_CHEST),
         imaging_measurements=groups,
         language_of_content_item_and_descendants=hd.sr.LanguageOfContentItemAndDescendants(
@@ -294,7 +262,7 @@ def build_viewer_sr(
         is_complete=True,
         is_final=False,
         is_verified=False,
-        previous_versions=[_predecessor_dataset(p) for p in predecessors] or None,
+        previous_versions=[predecessor_dataset(p) for p in predecessors] or None,
         series_description=VIEWER_SR_SERIES_DESCRIPTION,
         manufacturer_model_name=MANUFACTURER_MODEL_NAME,
         software_versions=SOFTWARE_VERSIONS,
