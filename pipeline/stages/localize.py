@@ -141,6 +141,7 @@ class CamLesionLocalizer:
         hu_b = volume.hu[box.slices]
         dense = (window_uint8(hu_b) > self.intensity_level_min) & lung_b
         activation = classification.activation if classification is not None else None
+        act_b: npt.NDArray[np.float32] | None = None
         if activation is not None:
             if activation.shape != volume.shape:
                 raise ValueError(
@@ -154,8 +155,6 @@ class CamLesionLocalizer:
                 # under-trained model) would localize nothing: say so and fall back.
                 logger.warning("activation map is empty: lesions from the intensity fallback")
                 act_b = None
-        else:
-            act_b = None
         if act_b is None:
             seed = self._intensity_seed(dense, volume.spacing_mm)
         if self.restrict_slice_range:
