@@ -11,7 +11,6 @@ import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 from pydicom.uid import generate_uid
@@ -254,6 +253,3 @@ class JobQueue:
             job.error = ""
             add_event(session, job.study_id, "job-requeued", "by operator", job_id=job_id)
 
-
-def absolute_files(data_dir: Path, files: Sequence[str]) -> tuple[Path, ...]:
-    return tuple(data_dir / f for f in files)

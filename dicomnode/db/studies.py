@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -98,11 +97,3 @@ def enqueue_job(
     add_event(session, study_id, "job-queued", f"{instance_count} instances", job_id=job.id)
     return job.id
 
-
-def skipped_reasons(session: Session, study_id: int) -> Sequence[tuple[str, str]]:
-    rows = session.execute(
-        select(Series.series_instance_uid, Series.skip_reason)
-        .where(Series.study_id == study_id)
-        .where(Series.state == SeriesState.SKIPPED)
-    )
-    return [(uid, reason) for uid, reason in rows]

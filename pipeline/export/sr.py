@@ -319,26 +319,53 @@ def build_sr(
     uses_private = any(s.lesion_burden_percent is not None for s in result.lung_stats) or (
         codes.uses_private_scheme(*concepts)
     )
-    sr = hd.sr.Comprehensive3DSR(
-        evidence=evidence,
+    sr = comprehensive_3d_sr(
+        report,
+        evidence,
+        series_uid=series_uid,
+        series_number=SR_SERIES_NUMBER,
+        series_description=SR_SERIES_DESCRIPTION,
+        sop_uid=sop_uid,
+        instance_number=SR_INSTANCE_NUMBER,
+        predecessors=predecessors,
+        uses_private_codes=uses_private,
+    )
+    logger.info("built SR %s with %d measurement groups", sop_uid, len(groups))
+    return sr
+
+
+def comprehensive_3d_sr(
+    report: hd.sr.MeasurementReport,
+    evidence: Sequence[Dataset],
+    *,
+    series_uid: str,
+    series_number: int,
+    series_description: str,
+    sop_uid: str,
+    instance_number: int,
+    predecessors: Sequence[PriorReportRef],
+    uses_private_codes: bool,
+) -> hd.sr.Comprehensive3DSR:
+    """A preliminary, complete Comprehensive 3D SR by this device; earlier reports of the study
+    are listed as predecessors and the private coding scheme is declared when it is used."""
+    return hd.sr.Comprehensive3DSR(
+        evidence=list(evidence),
         content=report,
         series_instance_uid=series_uid,
-        series_number=SR_SERIES_NUMBER,
+        series_number=series_number,
         sop_instance_uid=sop_uid,
-        instance_number=SR_INSTANCE_NUMBER,
+        instance_number=instance_number,
         manufacturer=MANUFACTURER,
         is_complete=True,
         is_final=False,
         is_verified=False,
         previous_versions=[predecessor_dataset(p) for p in predecessors] or None,
-        series_description=SR_SERIES_DESCRIPTION,
+        series_description=series_description,
         manufacturer_model_name=MANUFACTURER_MODEL_NAME,
         software_versions=SOFTWARE_VERSIONS,
         device_serial_number=DEVICE_SERIAL_NUMBER,
-        coding_schemes=[codes.private_coding_scheme()] if uses_private else None,
+        coding_schemes=[codes.private_coding_scheme()] if uses_private_codes else None,
     )
-    logger.info("built SR %s with %d measurement groups", sop_uid, len(groups))
-    return sr
 
 
 def write_sr(

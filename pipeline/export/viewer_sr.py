@@ -53,18 +53,14 @@ from pydicom.dataset import Dataset
 from pipeline.export import codes
 from pipeline.export.contours import outline
 from pipeline.export.seg import (
-    DEVICE_SERIAL_NUMBER,
-    MANUFACTURER,
-    MANUFACTURER_MODEL_NAME,
-    SOFTWARE_VERSIONS,
     SegmentPlan,
     lesion_model,
 )
 from pipeline.export.sr import (
     PriorReportRef,
     algorithm_identification,
+    comprehensive_3d_sr,
     observation_context,
-    predecessor_dataset,
 )
 from pipeline.export.uids import derive_uid
 from pipeline.types import Lesion, StudyResult
@@ -251,25 +247,16 @@ def build_viewer_sr(
     )
     series_uid, sop_uid = viewer_sr_uids(uid_root)
     classes = [codes.class_code(result.classification.label)] if result.classification else []
-    sr = hd.sr.Comprehensive3DSR(
-        evidence=list(result.volume.datasets),
-        content=report,
-        series_instance_uid=series_uid,
+    sr = comprehensive_3d_sr(
+        report,
+        result.volume.datasets,
+        series_uid=series_uid,
         series_number=VIEWER_SR_SERIES_NUMBER,
-        sop_instance_uid=sop_uid,
-        instance_number=VIEWER_SR_INSTANCE_NUMBER,
-        manufacturer=MANUFACTURER,
-        is_complete=True,
-        is_final=False,
-        is_verified=False,
-        previous_versions=[predecessor_dataset(p) for p in predecessors] or None,
         series_description=VIEWER_SR_SERIES_DESCRIPTION,
-        manufacturer_model_name=MANUFACTURER_MODEL_NAME,
-        software_versions=SOFTWARE_VERSIONS,
-        device_serial_number=DEVICE_SERIAL_NUMBER,
-        coding_schemes=(
-            [codes.private_coding_scheme()] if codes.uses_private_scheme(*classes) else None
-        ),
+        sop_uid=sop_uid,
+        instance_number=VIEWER_SR_INSTANCE_NUMBER,
+        predecessors=predecessors,
+        uses_private_codes=codes.uses_private_scheme(*classes),
     )
     logger.info("built viewer SR %s with %d lesion outline(s)", sop_uid, len(groups))
     return sr
