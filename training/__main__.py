@@ -63,7 +63,7 @@ def cmd_train_unet(args: argparse.Namespace) -> int:
     from training.train_unet import SliceSet, build_slice_set, train_unet
 
     torch.set_num_threads(args.threads)
-    cache = args.work_dir / "unet" / "slices.npz"
+    cache = args.work_dir / "unet" / args.slices
     if cache.exists():
         slices = SliceSet.load(cache)
     else:
@@ -83,9 +83,9 @@ def cmd_train_unet(args: argparse.Namespace) -> int:
                                  seed=args.seed)
         slices.save(cache)
     logger.info("U-Net training slices: %d", len(slices.images))
-    train_unet(slices, args.work_dir / "checkpoints" / "unet.pt", max_steps=args.steps,
+    train_unet(slices, args.work_dir / "checkpoints" / f"{args.run_name}.pt", max_steps=args.steps,
                max_minutes=args.minutes, batch=args.batch, lr=args.lr, seed=args.seed,
-               resume=args.resume, device=_device(args.device))
+               resume=args.resume, device=_device(args.device), init_from=args.init_from)
     return 0
 
 
@@ -100,7 +100,7 @@ def cmd_train_decovnet(args: argparse.Namespace) -> int:
                    max_steps=args.steps, max_minutes=args.minutes, lr=args.lr, seed=args.seed,
                    window_slices=args.window, full_volume_share=args.full_share,
                    resume=args.resume, device=_device(args.device), augment=args.augment,
-                   aux_weight=args.aux_weight)
+                   aux_weight=args.aux_weight, init_from=args.init_from)
     return 0
 
 
@@ -108,25 +108,25 @@ def cmd_validate_decovnet(args: argparse.Namespace) -> int:
     from pipeline.models.decovnet import DeCoVNet
     from training.checkpoint import load_checkpoint
     from training.metrics import binary_scores, roc_auc
-    from training.train_decovnet import CLASS_NAMES, predict_prepared, prepared_file
+    from training.train_decovnet import CLASS_NAMES, prepare_split, validate_prepared
 
     torch.set_num_threads(args.threads)
-    paths = sorted((args.work_dir / "decovnet" / "val").glob("input_*.npz"))
-    if not paths:
-        folder = prepared_file(args.work_dir, "val", 0).parent
-        raise SystemExit(f"no validation inputs under {folder}")
+    paths = prepare_split(args.work_dir, "val", _existing_cases(args.work_dir, "val", args.cases),
+                          (args.crop_h, args.crop_w), args.seed)
     for run in args.runs:
         model = DeCoVNet(num_classes=len(CLASS_NAMES))
         state, _ = load_checkpoint(args.work_dir / "checkpoints" / f"{run}.pt", model, None,
                                    np.random.default_rng(0))
-        preds = predict_prepared(model, paths)
-        labels = [p[0] for p in preds]
-        scores = [p[1] for p in preds]
+        rows = validate_prepared(model, paths)
+        labels = [r.label for r in rows]
+        scores = [r.p_covid for r in rows]
         bs = binary_scores(labels, scores)
         auc = roc_auc(labels, scores)
+        hits = [r.cam_hit for r in rows if r.cam_hit is not None]
         print(f"{run}: step {state.step}, validation n={len(paths)} AUC {auc:.3f} "
               f"accuracy {bs.accuracy:.3f} sensitivity {bs.sensitivity:.3f} "
-              f"specificity {bs.specificity:.3f}")
+              f"specificity {bs.specificity:.3f} crop CAM hit rate "
+              f"{np.mean(hits) if hits else float('nan'):.2f} ({len(hits)} COVID cases)")
     return 0
 
 
@@ -219,6 +219,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--no-real", dest="real", action="store_false",
                    help=f"do not add slices of the real study {REAL_TRAINING_CASE}")
+    p.add_argument("--run-name", default="unet", help="checkpoint name under checkpoints/")
+    p.add_argument("--slices", default="slices.npz",
+                   help="slice cache file under unet/ (built on first use)")
+    p.add_argument("--init-from", type=Path, default=None,
+                   help="start from this checkpoint's weights (fresh optimiser and step count)")
     p.set_defaults(func=cmd_train_unet)
 
     p = sub.add_parser("train-decovnet", help="train DeCoVNet (COVID-19 vs non-COVID)")
@@ -226,9 +231,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--crop-h", type=int, default=112)
     p.add_argument("--crop-w", type=int, default=168)
     p.add_argument("--window", type=int, default=48, help="slices per training window")
-    p.add_argument("--augment", choices=["paper", "mild", "none"], default="mild")
-    p.add_argument("--aux-weight", type=float, default=0.5,
-                   help="weight of the slice-level CAM loss (0 = the paper's loss only)")
+    p.add_argument("--augment", choices=["paper", "mild", "intensity", "none"], default="mild")
+    p.add_argument("--aux-weight", type=float, default=1.0,
+                   help="weight of the voxel-level CAM loss on the phantoms' lesion masks "
+                        "(0 = the paper's volume-label loss only)")
+    p.add_argument("--init-from", type=Path, default=None,
+                   help="start from this checkpoint's weights (fresh optimiser and step count)")
     p.add_argument("--run-name", default="decovnet", help="checkpoint name under checkpoints/")
     p.add_argument("--full-share", type=float, default=0.1,
                    help="share of the steps (at the end) on whole volumes")
@@ -237,6 +245,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("validate-decovnet", help="score DeCoVNet checkpoints on the val split")
     common(p)
     p.add_argument("runs", nargs="+", help="checkpoint names under checkpoints/")
+    p.add_argument("--cases", type=int, default=16, help="validation phantoms to use")
+    p.add_argument("--crop-h", type=int, default=112)
+    p.add_argument("--crop-w", type=int, default=168)
     p.set_defaults(func=cmd_validate_decovnet)
 
     p = sub.add_parser("train-cnn-bert", help="train a light 3D-CNN-BERT")

@@ -61,3 +61,10 @@ def load_checkpoint(
                        elapsed_s=float(payload.get("elapsed_s", 0.0)))
     logger.info("resumed from %s at step %d", path, state.step)
     return state, dict(payload.get("config", {}))
+
+
+def load_weights(path: Path, model: nn.Module) -> None:
+    """Load only the model weights of a checkpoint (to fine-tune with a fresh optimiser)."""
+    payload = torch.load(path, map_location="cpu", weights_only=False)
+    model.load_state_dict(payload["model"])
+    logger.info("weights from %s (step %s)", path, payload.get("step"))

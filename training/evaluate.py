@@ -96,6 +96,7 @@ def evaluate_all(
             union = _union(lesions, volume.shape)
             largest = lesions[0].mask if lesions else np.zeros(volume.shape, dtype=bool)
             row.update({
+                "lesion_method": lesions[0].method if lesions else "none",
                 "hit_largest": lesion_hit(largest, case.lesion_mask),
                 "hit_union": lesion_hit(union, case.lesion_mask),
                 "lesion_dice": dice(union, case.lesion_mask),
@@ -128,6 +129,8 @@ def evaluate_all(
     covid_rows = [r for r in rows if r["label"] == 1]
     results["localization"] = {
         "n_covid": len(covid_rows),
+        # share of COVID cases whose lesions came from the CAM (the rest: intensity fallback)
+        "cam_share": float(np.mean([r["lesion_method"] == "cam" for r in covid_rows])),
         "hit_rate_largest": float(np.mean([r["hit_largest"] for r in covid_rows])),
         "hit_rate_union": float(np.mean([r["hit_union"] for r in covid_rows])),
         "lesion_dice_mean": float(np.mean([r["lesion_dice"] for r in covid_rows])),

@@ -32,6 +32,26 @@ NOT_FIT_FOR = """## Not fit for
 """
 
 
+def _threads_text(config: dict[str, Any]) -> str:
+    threads = config.get("threads")
+    if threads is None:
+        return "one CPU thread"
+    return f"{config.get('device', 'cpu')} with {threads} thread(s)"
+
+
+def _finetune_text(config: dict[str, Any]) -> str:
+    init = config.get("init_from")
+    return f" Fine-tuned from the weights of `{Path(init).name}`." if init else ""
+
+
+def _slice_sampling_text(config: dict[str, Any]) -> str:
+    share = config.get("finding_slice_share")
+    if share is None:
+        return "drawn at random"
+    return (f"{share:.0%} of them drawn from the slices holding a finding (where the lung "
+            "boundary meets consolidation), the rest at random")
+
+
 def _history_summary(payload: dict[str, Any]) -> str:
     history = payload.get("history", [])
     if not history:
@@ -103,6 +123,10 @@ def _augment_text(config: dict[str, Any]) -> str:
     if config.get("augment") == "none":
         return ("No augmentation (trial runs with it did not generalise within the step "
                 "budget; see docs/evaluation/report.md).")
+    if not config.get("affine", True):
+        return (f"No affine; brightness 1 +- {config.get('brightness_delta')} and contrast "
+                f"1 +- {config.get('contrast_delta')} per volume (the paper: an affine, and "
+                "0.5 / 0.3).")
     return (f"One random affine per volume (rotation +-10 deg, translation +-10 %, scale "
             f"1 +- 0.2, shear +-10 deg) plus brightness 1 +- {config.get('brightness_delta')} "
             f"and contrast 1 +- {config.get('contrast_delta')} (the paper: 0.5 / 0.3).")
@@ -116,6 +140,15 @@ def _init_text(config: dict[str, Any]) -> str:
 
 
 def _aux_text(config: dict[str, Any]) -> str:
+    weight = float(config.get("aux_lesion_cam_weight", 0.0) or 0.0)
+    if weight > 0:
+        return (f"**Not weakly supervised, unlike the paper.** An auxiliary loss (weight "
+                f"{weight}) trains the linearised COVID-class CAM, voxel by voxel on the feature "
+                "grid, against the phantoms' lesion masks: positive on COVID-like findings, "
+                "negative everywhere else, look-alike consolidations and masses included "
+                "(balanced binary cross entropy). The localizer's CAM therefore reflects what "
+                "synthetic lesions look like; on real CT it has only been checked against the "
+                "slice-level labels of two studies.")
     weight = float(config.get("aux_slice_cam_weight", 0.0) or 0.0)
     if weight <= 0:
         return ""
@@ -151,16 +184,17 @@ logits (index 1 = lung).
 
 ## Training data
 {_data_section(config.get('n_slices', '?'))}
-24 random slices of each phantom's lung box with its ground-truth lungs (trachea and main
-bronchi excluded, lesions included), plus slices of one real study of COVID-CT-MD
+24 slices of each phantom's lung box with its ground-truth lungs (trachea and main
+bronchi excluded, lesions included), {_slice_sampling_text(config)},
+plus slices of one real study of COVID-CT-MD
 (cap002, labels = the morphological segmenter's lungs) and three copies of it with synthetic
 lesions inserted inside those lungs. Slices used: {config.get('n_slices', '?')}.
 
 ## Training settings
 Adam lr {config.get('lr')}, no weight decay, cross entropy, batch {config.get('batch')} slices,
 brightness 1 +- 0.5 and contrast 1 +- 0.3 (affine off, as the paper), seed
-{config.get('seed')}, {steps} steps, {minutes:.1f} min on one CPU thread;
-{_history_summary(payload)}.
+{config.get('seed')}, {steps} steps, {minutes:.1f} min on {_threads_text(config)};
+{_history_summary(payload)}.{_finetune_text(config)}
 
 ## Measured (held-out synthetic phantoms, `docs/evaluation/report.md`)
 {_metrics_section(metrics, [("lungs.unet.dice_both_mean", "lung Dice (both lungs), mean"),
@@ -196,16 +230,18 @@ cross entropy, batch 1 volume, classes drawn 50/50 (oversampling). {_augment_tex
 To fit the CPU budget, the steps before {config.get('full_from_step')} (or before 90 % of the
 time budget) see a window of {config.get('window_slices')} consecutive 1-mm slices (around a
 finding when the case has one), the later steps whole volumes. Seed {config.get('seed')},
-{steps} steps, {minutes:.1f} min on one CPU thread; {_history_summary(payload)}.
+{steps} steps, {minutes:.1f} min on {_threads_text(config)}; {_history_summary(payload)}.
 
 ## Measured (held-out synthetic phantoms, `docs/evaluation/report.md`)
 {_metrics_section(metrics, [("classification.roc_auc", "ROC AUC (COVID vs non-COVID)"),
                             ("classification.f1", "F1 at p = 0.5"),
                             ("classification.sensitivity", "sensitivity at p = 0.5"),
                             ("classification.specificity", "specificity at p = 0.5"),
+                            ("localization.cam_share",
+                             "share of COVID cases whose lesions came from the CAM (the rest "
+                             "from the intensity fallback)"),
                             ("localization.hit_rate_largest",
-                             "lesion hit rate (largest lesion, DeCoVNet definition; the CAM "
-                             "was empty, lesions came from the intensity fallback)"),
+                             "lesion hit rate (largest lesion, DeCoVNet definition)"),
                             ("localization.hit_rate_union", "lesion hit rate (all lesions)"),
                             ("localization.lesion_dice_mean", "lesion Dice, mean")])}
 {NOT_FIT_FOR}"""

@@ -15,12 +15,19 @@ from training.synthetic import generate_case
 from training.train_decovnet import (
     PreparedVolume,
     choose_window,
+    lesion_cam_loss,
     load_prepared,
     prepare_case,
     save_prepared,
     train_decovnet,
 )
-from training.train_unet import SliceSet, build_slice_set, train_unet
+from training.train_unet import (
+    SliceSet,
+    build_slice_set,
+    choose_slices,
+    slices_from_volume,
+    train_unet,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -85,6 +92,11 @@ def test_decovnet_prepare_train_and_resume(cached_cases: list[Path], tmp_path: P
     prepared = [prepare_case(p, (32, 48), use_morphology=False) for p in cached_cases]
     assert prepared[0].label == 1 and prepared[1].label == 0
     assert prepared[0].finding_per_slice.sum() > 0 and prepared[1].finding_per_slice.sum() == 0
+    assert prepared[0].lesion.shape == prepared[0].image.shape
+    assert prepared[0].lesion.sum() > 0 and prepared[1].lesion.sum() == 0
+    # the crop's finding slices are those the per-slice counts name
+    np.testing.assert_array_equal(prepared[0].lesion.any(axis=(1, 2)),
+                                  prepared[0].finding_per_slice > 0)
     paths = []
     for i, p in enumerate(prepared):
         path = tmp_path / f"in_{i}.npz"
@@ -92,6 +104,7 @@ def test_decovnet_prepare_train_and_resume(cached_cases: list[Path], tmp_path: P
         paths.append(path)
     again = load_prepared(paths[0])
     np.testing.assert_array_equal(again.image, prepared[0].image)
+    np.testing.assert_array_equal(again.lesion, prepared[0].lesion)
     ckpt = tmp_path / "decovnet.pt"
     model, state = train_decovnet(paths, ckpt, max_steps=2, max_minutes=2, window_slices=8)
     assert state.step == 2 and ckpt.exists()
@@ -110,12 +123,54 @@ def test_choose_window_centres_on_findings() -> None:
     finding = np.zeros(100, dtype=np.int32)
     finding[70:75] = 10
     v = PreparedVolume(np.zeros((100, 4, 4), np.uint8), np.zeros((100, 4, 4), np.uint8), 1,
-                       "covid", 0, finding)
+                       "covid", 0, finding, np.zeros((100, 4, 4), np.uint8))
     rng = np.random.default_rng(1)
     for _ in range(20):
         start, stop = choose_window(v, 20, rng)
         assert stop - start == 20 and start <= 74 and stop > 70
     assert choose_window(v, 200, rng) == (0, 100)
+
+
+def test_lesion_cam_loss_rewards_a_cam_on_the_lesion_only_for_covid() -> None:
+    from pipeline.models.decovnet import DeCoVNet
+
+    torch.manual_seed(0)
+    model = DeCoVNet()
+    lesion = torch.zeros(1, 8, 32, 48)
+    lesion[:, 2:6, 8:24, 8:24] = 1.0
+    w = model.cam_weights()[:, 1].detach()
+    feats = torch.zeros(1, 128, 4, 4, 6)
+    on_lesion = feats.clone()
+    on_lesion[0, :, 1:3, 1:3, 1:3] = torch.sign(w)[:, None, None, None]
+    off_lesion = on_lesion.roll(3, dims=4)
+    good = lesion_cam_loss(model, on_lesion, lesion, cls=1)
+    bad = lesion_cam_loss(model, off_lesion, lesion, cls=1)
+    assert float(good) < float(bad)
+    # for a non-COVID case the same evidence is penalised: the target is zero everywhere
+    assert float(lesion_cam_loss(model, on_lesion, lesion, cls=0)) > float(
+        lesion_cam_loss(model, feats, lesion, cls=0))
+    # the loss reaches the head weights the CAM is made of
+    lesion_cam_loss(model, on_lesion, lesion, cls=1).backward()
+    assert model.head[1].weight.grad is not None and model.classifier[1].weight.grad is not None
+
+
+def test_unet_slices_favour_findings() -> None:
+    flagged = np.zeros(100, dtype=bool)
+    flagged[40:50] = True
+    rng = np.random.default_rng(0)
+    for _ in range(10):
+        z = choose_slices(100, 8, rng, flagged, finding_share=0.5)
+        assert len(set(z.tolist())) == 8 and list(z) == sorted(z)
+        assert int(flagged[z].sum()) == 4
+    # fewer flagged slices than asked for: all of them, the rest from the others
+    z = choose_slices(100, 30, rng, flagged, finding_share=0.5)
+    assert int(flagged[z].sum()) == 10 and len(z) == 30
+    assert len(choose_slices(5, 8, rng, None)) == 5
+    # and on a phantom, through the stage's own input builder
+    case = generate_case(41, kind="covid", matrix=96, slice_spacing_mm=4.0)
+    x, y = slices_from_volume(case.hu, case.spacing_mm, case.lungs, 6, rng, (32, 48),
+                              findings=case.lesion_mask)
+    assert x.shape == (6, 32, 48) and y.shape == (6, 32, 48)
 
 
 @pytest.mark.slow
