@@ -10,20 +10,23 @@ predicted lesions fall on the slices labelled as infected.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+import torch
 from tqdm import tqdm
 
+from pipeline.preprocessing import coarse_lung_box
 from pipeline.series import volume_from_array
 from pipeline.stages.classify import DeCoVNetClassifier
 from pipeline.stages.localize import CamLesionLocalizer
 from pipeline.stages.lung_morphology import MorphologicalLungSegmenter
 from pipeline.stages.lung_unet import UNetLungSegmenter
-from pipeline.types import Lesion
+from pipeline.types import CTVolume, Lesion
 from training.cache import case_file, load_case, split_seeds
 from training.metrics import binary_scores, dice, lesion_hit, median_voxel, roc_auc, roc_curve
 
@@ -45,6 +48,40 @@ def _summary(values: list[float]) -> dict[str, float]:
     if arr.size == 0:
         return {"mean": float("nan"), "min": float("nan"), "median": float("nan")}
     return {"mean": float(arr.mean()), "min": float(arr.min()), "median": float(np.median(arr))}
+
+
+RESOLUTION_CASES = 10  # held-out phantoms the U-Net is also run on at full resolution
+UNET_DIVISOR = 16  # the U-Net's four poolings need sides divisible by 16
+
+
+def _native_work_shape(volume: CTVolume) -> tuple[int, int] | None:
+    """The lung box's own pixel size rounded up to the U-Net's divisor (None without a box)."""
+    box = coarse_lung_box(volume.hu, volume.spacing_mm)
+    if box is None:
+        return None
+    _, ny, nx = box.shape
+    return (UNET_DIVISOR * math.ceil(ny / UNET_DIVISOR),
+            UNET_DIVISOR * math.ceil(nx / UNET_DIVISOR))
+
+
+def unet_resolution_row(
+    unet: UNetLungSegmenter, volume: CTVolume, truth: npt.NDArray[np.bool_]
+) -> dict[str, Any]:
+    """Dice and time of the U-Net's fast path against running it on every slice, at the
+    working shape and at the lung box's own pixel size (the "full resolution")."""
+    row: dict[str, Any] = {}
+    native = _native_work_shape(volume)
+    variants = {"fast": (unet.segment, None), "every_slice": (None, unet.work_shape_px),
+                "full_resolution": (None, native)}
+    for name, (direct, shape) in variants.items():
+        if direct is None and shape is None:
+            continue
+        t0 = time.perf_counter()
+        lungs = direct(volume) if direct is not None else unet.segment_at(volume, 0.0, shape)
+        row[f"dice_{name}"] = dice(lungs.both, truth)
+        row[f"time_{name}_s"] = time.perf_counter() - t0
+    row["full_resolution_shape"] = list(native) if native else None
+    return row
 
 
 def evaluate_all(
@@ -92,6 +129,8 @@ def evaluate_all(
             "time_morph_s": t1 - t0, "time_unet_s": t2 - t1, "time_classify_s": t3 - t2,
             "time_localize_s": t4 - t3,
         }
+        if len(rows) < RESOLUTION_CASES:
+            row["unet_resolution"] = unet_resolution_row(unet, volume, case.lungs)
         if case.is_covid:
             union = _union(lesions, volume.shape)
             largest = lesions[0].mask if lesions else np.zeros(volume.shape, dtype=bool)
@@ -125,6 +164,15 @@ def evaluate_all(
         "morphological": {f"dice_both_{k}": v for k, v in
                           _summary([r["dice_morph_both"] for r in rows]).items()},
     }
+    res_rows = [r["unet_resolution"] for r in rows if "unet_resolution" in r]
+    if res_rows:
+        lung["unet_resolution"] = {
+            "n": len(res_rows),
+            **{f"{k}_mean": float(np.mean([r[k] for r in res_rows if k in r]))
+               for k in ("dice_fast", "dice_every_slice", "dice_full_resolution",
+                         "time_fast_s", "time_every_slice_s", "time_full_resolution_s")
+               if any(k in r for r in res_rows)},
+        }
     results["lungs"] = lung
     covid_rows = [r for r in rows if r["label"] == 1]
     results["localization"] = {
@@ -136,6 +184,7 @@ def evaluate_all(
         "lesion_dice_mean": float(np.mean([r["lesion_dice"] for r in covid_rows])),
         "lesion_dice_median": float(np.median([r["lesion_dice"] for r in covid_rows])),
     }
+    results["threads"] = torch.get_num_threads()
     results["timings_s"] = {k: _summary([r[k] for r in rows])["mean"] for k in
                             ("time_morph_s", "time_unet_s", "time_classify_s", "time_localize_s")}
     if real:

@@ -151,6 +151,45 @@ def _plot_examples(work_dir: Path, out: Path, prefix: str, title: str) -> str | 
     return name
 
 
+def _cam_share_text(loc: dict[str, Any]) -> str:
+    share = loc.get("cam_share")
+    if share is None:
+        return "This evaluation did not record which method produced the lesions."
+    if share >= 1.0:
+        return ("On every COVID-like phantom the lesions below came from the CAM, none from "
+                "the fallback.")
+    if share <= 0.0:
+        return ("With these weights the COVID-class CAM was empty on every COVID-like phantom, "
+                "so **every lesion below comes from the intensity fallback**: these numbers "
+                "measure the fallback, not the CAM.")
+    return (f"The lesions of {share:.0%} of the COVID-like phantoms came from the CAM, those of "
+            "the rest from the intensity fallback (empty CAM).")
+
+
+def _resolution_lines(res: dict[str, Any] | None) -> list[str]:
+    """The U-Net's fast path against running it on every slice and at full resolution."""
+    if not res:
+        return []
+    return [
+        f"Resolution (first {res['n']} phantoms): the stage runs the U-Net on slices 4 mm apart "
+        "at a 128 x 192 working grid. Against running it on every slice, and on every slice at "
+        "the lung box's own pixel size (full resolution, rounded up to a multiple of 16):",
+        "",
+        "| U-Net run | Dice mean | seconds per case |",
+        "|---|---|---|",
+        f"| fast path (4 mm, 128 x 192) | {_fmt(res.get('dice_fast_mean'))} | "
+        f"{_fmt(res.get('time_fast_s_mean'), 2)} |",
+        f"| every slice, 128 x 192 | {_fmt(res.get('dice_every_slice_mean'))} | "
+        f"{_fmt(res.get('time_every_slice_s_mean'), 2)} |",
+        f"| every slice, full resolution | {_fmt(res.get('dice_full_resolution_mean'))} | "
+        f"{_fmt(res.get('time_full_resolution_s_mean'), 2)} |",
+        "",
+        "The U-Net was trained at the working grid only; at full resolution it sees the lungs "
+        "at a larger pixel scale than in training.",
+        "",
+    ]
+
+
 def write_report(
     results: dict[str, Any], out: Path, work_dir: Path, decovnet_run: str = "decovnet",
     notes: list[str] | None = None,
@@ -226,16 +265,15 @@ def write_report(
         "",
         "The ground truth includes lesions and excludes the trachea and main bronchi.",
         "",
+        *_resolution_lines(lungs.get("unet_resolution")),
         "![lung Dice](lung_dice.png)",
         "",
         "## Lesion localization (COVID-like phantoms only)",
         "",
         "`CamLesionLocalizer` seeds lesions from the DeCoVNet CAM intersected with the 3DCC "
         "candidates; where the CAM is empty it falls back to weight-free intensity candidates "
-        "inside the lungs, and each lesion records which (`method` in the job summary). With "
-        "the shipped DeCoVNet weights the COVID-class CAM was empty on every evaluated case "
-        "(see the training notes), so **every lesion below comes from the intensity "
-        "fallback**: these numbers measure the fallback, not the CAM.",
+        "inside the lungs, and each lesion records which (`method` in the job summary). "
+        + _cam_share_text(loc),
         "",
         "Hit (DeCoVNet's definition): the middle element of `np.where(prediction)` lies inside a "
         "true lesion; an empty prediction is a miss. *Largest* uses the largest predicted "
@@ -282,7 +320,7 @@ def write_report(
     else:
         lines += ["Not evaluated (run without `--no-real`).", ""]
     lines += [
-        "## Run time per case (2-core shared CPU, one torch thread)",
+        f"## Run time per case (CPU, {results.get('threads', 1)} torch thread(s))",
         "",
         f"morphological lungs {_fmt(t['time_morph_s'], 2)} s, U-Net lungs "
         f"{_fmt(t['time_unet_s'], 2)} s, DeCoVNet + CAM {_fmt(t['time_classify_s'], 2)} s, "
