@@ -58,6 +58,7 @@ ABSENT = _standard(codes.DCM.Absent)  # 121054
 # --- measurements (CID 7469 generic intensity and size, CID 7464 derivations, UCUM) ---
 VOLUME = _standard(codes.SCT.Volume)  # 118565006
 AREA = _standard(codes.SCT.Area)  # 42798000, CID 7469
+COMMENT = CodedConcept("121106", "DCM", "Comment")
 ATTENUATION_COEFFICIENT = _standard(codes.DCM.AttenuationCoefficient)  # 112031
 MEAN = _standard(codes.SCT.Mean)  # 373098007, derivation
 SUM_OF_SEGMENTED_VOXEL_VOLUMES = CodedConcept("126030", "DCM", "Sum of segmented voxel volumes")

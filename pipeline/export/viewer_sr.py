@@ -25,7 +25,10 @@ report), one TID 1501 measurement group per lesion:
 - NUM "Volume" (mL) of the whole lesion, with no SCOORD: it is measured on the 3D mask, not on
   the outline (OHIF 3.13 reads a NUM without content as a label only);
 - when a classifier ran, the predicted class as a qualitative evaluation (CODE item: the
-  class's finding, "Present"), which adds no group and no coordinate-less measurement.
+  class's finding, "Present"), which adds no group and no coordinate-less measurement;
+- a TEXT "Comment" (DCM 121106) naming the lesion as the SEG and the summary do, e.g.
+  "Lesion 2 (right lung, 12.4 mL)". OHIF titles a measurement with this comment (the
+  convention its own SR writer uses); without it every row of the panel reads "Lesion".
 
 These are planar groups in TID 1501 form, not TID 1410 ones: in a TID 1410 group the SCOORD
 belongs to the group and its NUMs carry none, and OHIF then draws the outline but cannot load
@@ -185,7 +188,30 @@ def _classification(result: StudyResult) -> list[hd.sr.QualitativeEvaluation]:
     ]
 
 
+_SIDE_TEXT = {"left": "left lung", "right": "right lung", "bilateral": "both lungs"}
+
+
+def lesion_label(lesion: Lesion) -> str:
+    """The lesion's name for a reader: number, side and volume, as in the SEG and summary."""
+    side = _SIDE_TEXT.get(lesion.side, lesion.side)
+    return f"Lesion {lesion.number} ({side}, {lesion.volume_ml:.1f} mL)"
+
+
 def _lesion_group(
+    plan: SegmentPlan, lesion: Lesion, drawn: LesionOutline, result: StudyResult
+) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+    group = _planar_group(plan, lesion, drawn, result)
+    group[0].ContentSequence.append(
+        hd.sr.TextContentItem(
+            name=codes.fresh(codes.COMMENT),
+            value=lesion_label(lesion),
+            relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+        )
+    )
+    return group
+
+
+def _planar_group(
     plan: SegmentPlan, lesion: Lesion, drawn: LesionOutline, result: StudyResult
 ) -> hd.sr.MeasurementsAndQualitativeEvaluations:
     return hd.sr.MeasurementsAndQualitativeEvaluations(

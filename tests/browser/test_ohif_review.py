@@ -124,7 +124,10 @@ def test_viewer_sr_lists_one_measurement_per_lesion(
     log.info("viewer SR: %d measurement(s) listed %.1f s after opening it: %s",
              len(titles), time.monotonic() - started, titles)
     assert len(titles) == study.lesion_count, titles
-    assert all(titles), f"a measurement without a title: {titles}"
+    # each row is named like its SEG segment, with side and volume ("Lesion 2 (right lung, ...")
+    numbers = sorted(int(t.split()[1]) for t in titles if t.startswith("Lesion "))
+    assert numbers == sorted(lesion["number"] for lesion in study.summary["lesions"]), titles
+    assert all(" mL)" in t for t in titles), titles
 
     def outline_drawn() -> Pixels | None:
         pixels = ohif.viewport_pixels(page)

@@ -28,6 +28,7 @@ from pipeline.export.viewer_sr import (
     VIEWER_SR_SERIES_DESCRIPTION,
     VIEWER_SR_SERIES_NUMBER,
     build_viewer_sr,
+    lesion_label,
     lesion_outline,
     viewer_sr_uids,
     write_viewer_sr,
@@ -125,6 +126,24 @@ def test_one_group_per_lesion_tracked_like_its_seg_segment(
         site = [i for i in group.ContentSequence if i.name == dicom_codes.SCT.FindingSite][0]
         assert site.value == codes.LUNG
         assert site.ContentSequence[0].value in (codes.LEFT, codes.RIGHT, codes.BILATERAL)
+
+
+def test_each_group_is_named_like_its_segment_with_side_and_volume(
+    written: tuple[hd.seg.Segmentation, tuple[SegmentPlan, ...], Path, Any],
+    phantom_result: StudyResult,
+) -> None:
+    _, plans, path, _ = written
+    lesions = {lesion.number: lesion for lesion in phantom_result.lesions}
+    names = []
+    for group, plan in zip(_groups(hd.sr.srread(path)), [p for p in plans if p.kind == "lesion"],
+                           strict=True):
+        name = _text(group, codes.COMMENT)
+        lesion = lesions[plan.lesion_number]
+        assert name == lesion_label(lesion)
+        assert name.startswith(f"{plan.label} (") and f"{lesion.volume_ml:.1f} mL" in name
+        assert f"{lesion.side} lung" in name or "both lungs" in name
+        names.append(name)
+    assert len(set(names)) == len(names)
 
 
 def test_every_group_draws_and_carries_no_volumetric_reference(
