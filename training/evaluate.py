@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ from pipeline.stages.classify import DeCoVNetClassifier
 from pipeline.stages.localize import CamLesionLocalizer
 from pipeline.stages.lung_morphology import MorphologicalLungSegmenter
 from pipeline.stages.lung_unet import UNetLungSegmenter
-from pipeline.types import CTVolume, Lesion
+from pipeline.types import CTVolume, Lesion, LungMask
 from training.cache import case_file, load_case, split_seeds
 from training.metrics import binary_scores, dice, lesion_hit, median_voxel, roc_auc, roc_curve
 
@@ -71,13 +72,15 @@ def unet_resolution_row(
     working shape and at the lung box's own pixel size (the "full resolution")."""
     row: dict[str, Any] = {}
     native = _native_work_shape(volume)
-    variants = {"fast": (unet.segment, None), "every_slice": (None, unet.work_shape_px),
-                "full_resolution": (None, native)}
-    for name, (direct, shape) in variants.items():
-        if direct is None and shape is None:
-            continue
+    runs: dict[str, Callable[[], LungMask]] = {
+        "fast": lambda: unet.segment(volume),
+        "every_slice": lambda: unet.segment_at(volume, 0.0, unet.work_shape_px),
+    }
+    if native is not None:
+        runs["full_resolution"] = lambda: unet.segment_at(volume, 0.0, native)
+    for name, run in runs.items():
         t0 = time.perf_counter()
-        lungs = direct(volume) if direct is not None else unet.segment_at(volume, 0.0, shape)
+        lungs = run()
         row[f"dice_{name}"] = dice(lungs.both, truth)
         row[f"time_{name}_s"] = time.perf_counter() - t0
     row["full_resolution_shape"] = list(native) if native else None

@@ -168,7 +168,8 @@ def lesion_cam_loss(
     """
     w = model.cam_weights()[:, CLASS_NAMES.index("covid19")]
     cam = torch.einsum("c,cthw->thw", w, feats[0])
-    target = F.adaptive_avg_pool3d(lesion[None].to(cam.device), tuple(cam.shape))[0, 0]
+    nt, nh, nw = (int(n) for n in cam.shape)
+    target = F.adaptive_avg_pool3d(lesion[None].to(cam.device), (nt, nh, nw))[0, 0]
     target = target * float(cls == CLASS_NAMES.index("covid19"))
     per_cell = F.binary_cross_entropy_with_logits(cam, target, reduction="none")
     positive = target > 0

@@ -49,14 +49,16 @@ class SliceSet:
 
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        extra = {} if self.finding_share is None else {"finding_share": self.finding_share}
-        np.savez(path, images=self.images, labels=self.labels, sources=self.sources, **extra)
+        share = np.nan if self.finding_share is None else self.finding_share  # NaN: unknown
+        np.savez(path, images=self.images, labels=self.labels, sources=self.sources,
+                 finding_share=np.asarray(share))
 
     @classmethod
     def load(cls, path: Path) -> SliceSet:
         with np.load(path) as d:
-            share = float(d["finding_share"]) if "finding_share" in d.files else None
-            return cls(d["images"], d["labels"], d["sources"], share)
+            share = float(d["finding_share"]) if "finding_share" in d.files else float("nan")
+            return cls(d["images"], d["labels"], d["sources"],
+                       None if np.isnan(share) else share)
 
 
 def choose_slices(
@@ -96,9 +98,9 @@ def slices_from_volume(
     box = coarse_lung_box(hu, spacing_mm)
     if box is None:
         raise ValueError("no internal air: the coarse lung box is empty")
-    with_finding = None
+    with_finding: npt.NDArray[np.bool_] | None = None
     if findings is not None:
-        with_finding = findings[box.z0:box.z1].any(axis=(1, 2))
+        with_finding = np.asarray(findings[box.z0:box.z1].any(axis=(1, 2)), dtype=bool)
     z = box.z0 + choose_slices(box.z1 - box.z0, n_slices, rng, with_finding, finding_share)
     x = unet_input(hu, box, z, work_shape_px)[:, 0]
     y = unet_target(lungs, box, z, work_shape_px)

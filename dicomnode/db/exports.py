@@ -100,6 +100,28 @@ class ExportLog:
                 )
             return export.state
 
+    def retry_failed(self, job_id: int, destination: str) -> int:
+        """Operator action: send every failed export of ``job_id`` to ``destination`` again
+        now; returns how many were queued (0 when none had failed)."""
+        with self._sessions() as session, session.begin():
+            exports = session.scalars(
+                select(Export)
+                .join(ResultObject, Export.result_object_id == ResultObject.id)
+                .where(ResultObject.job_id == job_id, Export.destination == destination,
+                       Export.state == ExportState.FAILED)
+            ).all()
+            if not exports:
+                return 0
+            now = utcnow()
+            for export in exports:
+                export.state = ExportState.PENDING
+                export.attempts = 0
+                export.next_attempt_at = now
+            study_id, _ = self._study_of(session, exports[0])
+            add_event(session, study_id, "export-requeued",
+                      f"{len(exports)} to {destination} by operator", job_id=job_id)
+            return len(exports)
+
     def retry(self, export_id: int) -> None:
         """Operator action: send a failed export again now."""
         with self._sessions() as session, session.begin():

@@ -346,6 +346,61 @@ def list_exports(
     return [_export_view(e, r, uid) for e, r, uid in session.execute(query)]
 
 
+@dataclass(frozen=True)
+class FailedExportGroup:
+    """The failed exports of one job to one destination (the dashboard lists these)."""
+
+    study_instance_uid: str
+    job_id: int
+    destination: str
+    count: int
+    kinds: tuple[tuple[str, int], ...]  # (result kind, failed exports)
+    max_attempts: int
+    last_status: int | None  # of the newest failed export
+    last_error: str
+
+
+def failed_export_groups(session: Session, limit: int = 100) -> list[FailedExportGroup]:
+    """Failed exports grouped by job and destination, newest group first."""
+    grouped = session.execute(
+        select(ResultObject.job_id, Export.destination, ResultObject.kind,
+               func.count(Export.id), func.max(Export.attempts), func.max(Export.id))
+        .join(ResultObject, Export.result_object_id == ResultObject.id)
+        .where(Export.state == ExportState.FAILED)
+        .group_by(ResultObject.job_id, Export.destination, ResultObject.kind)
+    ).all()
+    merged: dict[tuple[int, str], dict[str, Any]] = {}
+    for job_id, destination, kind, count, attempts, newest in grouped:
+        g = merged.setdefault((job_id, destination),
+                              {"kinds": [], "count": 0, "attempts": 0, "newest": 0})
+        g["kinds"].append((kind, int(count)))
+        g["count"] += int(count)
+        g["attempts"] = max(g["attempts"], int(attempts))
+        g["newest"] = max(g["newest"], int(newest))
+    keys = sorted(merged, key=lambda k: merged[k]["newest"], reverse=True)[:limit]
+    newest_ids = [merged[k]["newest"] for k in keys]
+    details = {
+        export.id: (export, study_uid)
+        for export, study_uid in session.execute(
+            select(Export, Study.study_instance_uid)
+            .join(ResultObject, Export.result_object_id == ResultObject.id)
+            .join(Job, ResultObject.job_id == Job.id)
+            .join(Study, Job.study_id == Study.id)
+            .where(Export.id.in_(newest_ids))
+        )
+    }
+    out = []
+    for key in keys:
+        g = merged[key]
+        export, study_uid = details[g["newest"]]
+        out.append(FailedExportGroup(
+            study_instance_uid=study_uid, job_id=key[0], destination=key[1], count=g["count"],
+            kinds=tuple(sorted(g["kinds"])), max_attempts=g["attempts"],
+            last_status=export.last_status, last_error=export.last_error,
+        ))
+    return out
+
+
 def export_view(session: Session, export_id: int) -> ExportView | None:
     row = session.execute(
         select(Export, ResultObject, Study.study_instance_uid)

@@ -65,6 +65,17 @@ def retry_export(ctx: WebContext, session: Session, export_id: int) -> wq.Export
     return view
 
 
+def retry_job_exports(ctx: WebContext, session: Session, job_id: int, destination: str) -> int:
+    """Send every failed export of a job to ``destination`` again; refused when none failed."""
+    if wq.job_state(session, job_id) is None:
+        raise LookupError(f"job {job_id} not found")
+    release(session)
+    count = ExportLog(ctx.sessions).retry_failed(job_id, destination)
+    if count == 0:
+        raise ActionRefusedError(f"job {job_id} has no failed export to {destination}")
+    return count
+
+
 def requeue_job(ctx: WebContext, session: Session, job_id: int) -> wq.JobView:
     """Run a failed or finished job again; refused while a worker holds it."""
     state = wq.job_state(session, job_id)
@@ -149,6 +160,21 @@ def retry(export_id: int, session: SessionDep, ctx: CtxDep) -> dict[str, Any]:
         raise HTTPException(status_code=404, detail=str(exc)) from exc
     except ActionRefusedError as exc:
         raise HTTPException(status_code=409, detail=str(exc)) from exc
+
+
+@router.post("/jobs/{job_id}/exports/retry")
+def retry_exports(
+    job_id: int, destination: Annotated[str, Query(min_length=1)], session: SessionDep,
+    ctx: CtxDep,
+) -> dict[str, Any]:
+    """Operator action: send every failed export of the job to ``destination`` again now."""
+    try:
+        count = retry_job_exports(ctx, session, job_id, destination)
+    except LookupError as exc:
+        raise HTTPException(status_code=404, detail=str(exc)) from exc
+    except ActionRefusedError as exc:
+        raise HTTPException(status_code=409, detail=str(exc)) from exc
+    return {"job_id": job_id, "destination": destination, "queued": count}
 
 
 @router.post("/jobs/{job_id}/requeue")

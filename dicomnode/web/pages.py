@@ -21,20 +21,23 @@ from sqlalchemy.orm import Session
 
 from dicomnode import __version__
 from dicomnode.db import webqueries as wq
-from dicomnode.db.models import ExportState, utcnow
-from dicomnode.web.api import ActionRefusedError, requeue_job, retry_export
+from dicomnode.db.models import utcnow
+from dicomnode.web.api import ActionRefusedError, requeue_job, retry_export, retry_job_exports
 from dicomnode.web.auth import COOKIE_NAME, local_target
 from dicomnode.web.context import WebContext, get_ctx, get_session, release
+from dicomnode.web.resultgroups import group_results
 
 log = logging.getLogger(__name__)
 
 TEMPLATES_DIR = Path(__file__).with_name("templates")
 STUDIES_PER_PAGE = 50
 JOBS_ON_DASHBOARD = 30
-FAILED_EXPORTS_SHOWN = 100
+FAILED_EXPORTS_SHOWN = 100  # job x destination groups on the dashboard
+ATTENTION_SHOWN = 10  # objects listed one by one per series and destination on a study page
 LOGIN_BODY_MAX_BYTES = 8192
 NOTICES = {
     "export-retried": ("ok", "Export {id} queued to be sent again."),
+    "exports-retried": ("ok", "{count} failed export(s) of job {id} queued to be sent again."),
     "job-requeued": ("ok", "Job {id} queued to run again."),
     "refused": ("error", "Not done: {reason}"),
 }
@@ -89,7 +92,8 @@ def make_templates() -> Jinja2Templates:
         lstrip_blocks=True,
     )
     env.filters.update(utc=_utc, ago=_ago, short_uid=_short_uid, status_hex=_status_hex)
-    env.globals.update(duration=_duration, version=__version__)
+    env.globals.update(duration=_duration, version=__version__, group_results=group_results,
+                       attention_shown=ATTENTION_SHOWN)
     return Jinja2Templates(env=env)
 
 
@@ -101,6 +105,7 @@ def _render(request: Request, name: str, context: dict[str, Any], status: int = 
     if code in NOTICES:
         level, text = NOTICES[code]
         notice = (level, text.format(id=request.query_params.get("id", ""),
+                                     count=request.query_params.get("count", ""),
                                      reason=request.query_params.get("reason", "")[:200]))
     base = {
         "viewer_installed": ctx.ohif_dir is not None,
@@ -128,9 +133,7 @@ def dashboard(
         "offset": offset,
         "page_size": STUDIES_PER_PAGE,
         "jobs": wq.list_jobs(session, limit=JOBS_ON_DASHBOARD),
-        "failed_exports": wq.list_exports(
-            session, states=[ExportState.FAILED], limit=FAILED_EXPORTS_SHOWN
-        ),
+        "failed_exports": wq.failed_export_groups(session, limit=FAILED_EXPORTS_SHOWN),
     }
     release(session)
     return _render(request, "dashboard.html", context)
@@ -164,6 +167,21 @@ def retry_form(
         return _back(next_url, "", notice="refused", reason=str(exc))
     log.info("export %d queued again by an operator", export_id)
     return _back(next_url, view.study_instance_uid, notice="export-retried", id=str(export_id))
+
+
+@router.post("/node/jobs/{job_id}/retry-exports")
+def retry_exports_form(
+    job_id: int, destination: Annotated[str, Query(min_length=1)], session: SessionDep,
+    ctx: CtxDep, next_url: NextUrl = None,
+) -> Response:
+    """The "retry all" button of a job's failed exports to one destination."""
+    try:
+        count = retry_job_exports(ctx, session, job_id, destination)
+    except (LookupError, ActionRefusedError) as exc:
+        return _back(next_url, "", notice="refused", reason=str(exc))
+    log.info("%d failed export(s) of job %d to %s queued again by an operator", count, job_id,
+             destination)
+    return _back(next_url, "", notice="exports-retried", id=str(job_id), count=str(count))
 
 
 @router.post("/node/jobs/{job_id}/requeue")

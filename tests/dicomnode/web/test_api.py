@@ -109,6 +109,44 @@ def test_retry_endpoint_makes_a_failed_export_pending(fresh_state: NodeState) ->
     assert client.post(f"/api/exports/{export_id}/retry").status_code == 409
 
 
+def test_failed_exports_group_by_job_and_destination_and_retry_together(
+    fresh_state: NodeState,
+) -> None:
+    from dicomnode.db.webqueries import failed_export_groups
+
+    with fresh_state.sessions() as s, s.begin():
+        for export in s.scalars(select(Export)):
+            export.state, export.attempts = ExportState.FAILED, 5
+            export.last_status, export.last_error = 0xA700, "refused"
+    with fresh_state.sessions() as s:
+        groups = {g.destination: g for g in failed_export_groups(s)}
+        by_destination = {d: sorted(s.scalars(select(Export.id).where(Export.destination == d)))
+                          for d in groups}
+    assert set(groups) == {"pacs", "archive"}
+    pacs = groups["pacs"]
+    assert pacs.count == 2 and dict(pacs.kinds) == {"SEG": 1, "SR": 1}
+    assert pacs.job_id == fresh_state.job_id and pacs.study_instance_uid == fresh_state.study_a
+    assert pacs.max_attempts == 5 and pacs.last_status == 0xA700 and pacs.last_error == "refused"
+    assert groups["archive"].count == 1
+
+    client = make_client(fresh_state)
+    response = client.post(f"/api/jobs/{fresh_state.job_id}/exports/retry",
+                           params={"destination": "pacs"})
+    assert response.status_code == 200 and response.json()["queued"] == 2
+    with fresh_state.sessions() as s:
+        states = {i: s.get_one(Export, i).state for ids in by_destination.values() for i in ids}
+        events = s.scalars(select(Event.message).where(Event.kind == "export-requeued")).all()
+    assert all(states[i] == ExportState.PENDING for i in by_destination["pacs"])
+    assert all(states[i] == ExportState.FAILED for i in by_destination["archive"])
+    assert "2 to pacs by operator" in events
+    again = client.post(f"/api/jobs/{fresh_state.job_id}/exports/retry",
+                        params={"destination": "pacs"})
+    assert again.status_code == 409
+    assert client.post("/api/jobs/9999/exports/retry",
+                       params={"destination": "pacs"}).status_code == 404
+    assert client.post(f"/api/jobs/{fresh_state.job_id}/exports/retry").status_code == 422
+
+
 def test_requeue_endpoint(fresh_state: NodeState) -> None:
     client = make_client(fresh_state)
     response = client.post(f"/api/jobs/{fresh_state.job_id}/requeue")

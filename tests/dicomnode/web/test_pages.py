@@ -26,10 +26,15 @@ def test_dashboard_shows_counts_studies_jobs_and_failed_exports(
                      r"exports failed", html)
     assert f'href="/node/studies/{node_state.study_a}"' in html
     assert f'href="/node/studies/{node_state.study_b}"' in html
-    failed_id = node_state.export_ids["failed"]
-    assert f'action="/node/exports/{failed_id}/retry?next=/node/"' in html
-    row = re.search(r'<tr class="row-failed">\s*<td>(\d+)</td>', html)
-    assert row is not None and int(row.group(1)) == failed_id
+    # failed exports are listed per job and destination, with one button for all of them
+    failed = node_state.export_ids["failed"]
+    with node_state.sessions() as session:
+        destination = session.get_one(Export, failed).destination
+    assert (f'action="/node/jobs/{node_state.job_id}/retry-exports?destination={destination}'
+            f'&next=/node/"') in html
+    row = re.search(r'<tr class="row-failed">\s*<td><a href="/node/studies/([^"]+)">', html)
+    assert row is not None and row.group(1) == node_state.study_a
+    assert "Retry 1<" in html
     assert "0xA700" in html and "Out of resources" in html
     assert HIDDEN_NAME not in html
 
@@ -74,6 +79,27 @@ def test_retry_button_sends_a_failed_export_again(fresh_state: NodeState) -> Non
     refused = client.post("/node/exports/999/retry", follow_redirects=False)
     assert "notice=refused" in refused.headers["location"]
     assert "export 999 not found" in unescape(client.get(refused.headers["location"]).text)
+
+
+def test_retry_all_button_sends_a_jobs_failed_exports_again(fresh_state: NodeState) -> None:
+    client = make_client(fresh_state)
+    failed = fresh_state.export_ids["failed"]
+    with fresh_state.sessions() as s:
+        destination = s.get_one(Export, failed).destination
+    pressed = client.post(
+        f"/node/jobs/{fresh_state.job_id}/retry-exports?destination={destination}&next=/node/",
+        follow_redirects=False)
+    assert pressed.status_code == 303
+    page = client.get(pressed.headers["location"]).text
+    assert f"1 failed export(s) of job {fresh_state.job_id} queued to be sent again." in page
+    assert "Failed exports" not in page
+    with fresh_state.sessions() as s:
+        assert s.get_one(Export, failed).state == ExportState.PENDING
+    again = client.post(
+        f"/node/jobs/{fresh_state.job_id}/retry-exports?destination={destination}",
+        follow_redirects=False)
+    assert "notice=refused" in again.headers["location"]
+    assert "has no failed export" in unescape(client.get(again.headers["location"]).text)
 
 
 def test_requeue_button(fresh_state: NodeState) -> None:
