@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import signal
 import sys
 import threading
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -90,56 +92,82 @@ def _fmt_time(value: Any) -> str:
     return value.strftime("%Y-%m-%d %H:%M:%S") if value is not None else "-"
 
 
+def _plain(value: Any) -> Any:
+    """Dataclass views as JSON-ready dicts (datetimes become strings via ``default=str``)."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    return value
+
+
+def _print_study(session: Any, study_uid: str, as_json: bool) -> int:
+    from dicomnode.db import webqueries as wq
+
+    detail = wq.study_detail(session, study_uid)
+    if detail is None:
+        print(f"no study {study_uid}", file=sys.stderr)
+        return 1
+    if as_json:
+        print(json.dumps(_plain(detail), default=str, indent=2))
+        return 0
+    print(f"Study {study_uid}: {detail.study.status}")
+    for s in detail.series:
+        print(f"  series {s.series_instance_uid} ({s.modality}, {s.instance_count} instances): "
+              f"{s.state}{': ' + s.reason if s.reason else ''}")
+    for e in detail.events:
+        job = f" job {e.job_id}" if e.job_id else ""
+        print(f"{_fmt_time(e.at)}  {e.kind:<16}{job}  {e.message}")
+    return 0
+
+
 def cmd_status(args: argparse.Namespace) -> int:
+    from dicomnode.db import webqueries as wq
     from dicomnode.db.engine import open_database
-    from dicomnode.db.models import ExportState
-    from dicomnode.db.reports import Reports
 
     settings = _settings(args)
     _setup_logging("WARNING")
     _engine, sessions = open_database(settings.database_url)
-    reports = Reports(sessions)
-    if args.study:
-        events = reports.timeline(args.study)
-        if args.json:
-            print(json.dumps([e.__dict__ for e in events], default=str, indent=2))
-        for e in events:
-            job = f" job {e.job_id}" if e.job_id else ""
-            print(f"{_fmt_time(e.at)}  {e.kind:<16}{job}  {e.message}")
-        return 0 if events else 1
-    studies, jobs = reports.studies(args.limit), reports.jobs(args.limit)
-    failed = reports.exports((ExportState.FAILED,), args.limit)
-    counts = reports.counts()
+    with sessions() as session:
+        if args.study:
+            return _print_study(session, args.study, args.json)
+        counts = wq.totals(session)
+        studies = wq.list_studies(session, limit=args.limit)
+        jobs = wq.list_jobs(session, limit=args.limit)
+        failed = wq.failed_export_groups(session, limit=args.limit)
     if args.json:
         print(json.dumps(
             {
                 "counts": counts,
-                "studies": [s.__dict__ for s in studies],
-                "jobs": [j.__dict__ for j in jobs],
-                "failed_exports": [f.__dict__ for f in failed],
+                "studies": [_plain(s) for s in studies],
+                "jobs": [_plain(j) for j in jobs],
+                "failed_exports": [_plain(f) for f in failed],
             },
             default=str, indent=2,
         ))
         return 0
-    print("Totals: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+    print(f"Totals: studies {counts['studies']}, series {counts['series']}, instances "
+          f"{counts['instances']}; jobs "
+          + ", ".join(f"{k} {v}" for k, v in counts["jobs"].items() if v)
+          + "; exports " + ", ".join(f"{k} {v}" for k, v in counts["exports"].items() if v))
     print(f"\nStudies ({len(studies)} most recent)")
-    print(f"{'study instance uid':<64}  {'series':>6} {'inst':>5}  {'last job':<8}  last received")
-    for s in studies:
-        print(f"{s.study_instance_uid:<64}  {s.series:>6} {s.instances:>5}  "
-              f"{s.last_job_state:<8}  {_fmt_time(s.last_received_at)}")
-        for reason in s.skipped:
-            print(f"    skipped {reason}")
+    print(f"{'study instance uid':<64}  {'series':>6} {'inst':>5}  {'status':<9}  last received")
+    for st in studies:
+        skipped = f" ({st.skipped_series} skipped)" if st.skipped_series else ""
+        print(f"{st.study_instance_uid:<64}  {st.series_count:>6} {st.instance_count:>5}  "
+              f"{st.status:<9}  {_fmt_time(st.last_received_at)}{skipped}")
     print(f"\nJobs ({len(jobs)} most recent)")
     print(f"{'id':>5}  {'state':<8} {'tries':>5}  {'exports sent/pending/failed':<28} series")
     for j in jobs:
-        exports = f"{j.exports_sent}/{j.exports_pending}/{j.exports_failed}"
+        states = Counter(e.state for r in j.results for e in r.exports)
+        exports = f"{states['sent']}/{states['pending'] + states['sending']}/{states['failed']}"
         print(f"{j.job_id:>5}  {j.state:<8} {j.attempts:>5}  {exports:<28} {j.series_instance_uid}")
         if j.error:
             print(f"       error: {j.error.splitlines()[0][:160]}")
-    print(f"\nFailed exports ({len(failed)})")
+    print(f"\nFailed exports ({sum(f.count for f in failed)})")
     for f in failed:
-        print(f"{f.export_id:>5}  job {f.job_id} {f.kind:<7} to {f.destination}: "
-              f"{f.attempts} attempts, {f.last_error[:120]}")
+        kinds = ", ".join(f"{kind} {n}" for kind, n in f.kinds)
+        print(f"  job {f.job_id} to {f.destination}: {f.count} ({kinds}), up to {f.max_attempts} "
+              f"attempts, {f.last_error[:120]}  (retry: dicomnode retry-export --job {f.job_id} "
+              f"--destination {f.destination})")
     return 0
 
 
@@ -199,10 +227,20 @@ def cmd_retry_export(args: argparse.Namespace) -> int:
     from dicomnode.db.exports import ExportLog
 
     settings = _settings(args)
+    if not args.export_ids and args.job is None:
+        raise SystemExit("name export ids, or --job (with --destination)")
+    if args.job is not None and not args.destination:
+        raise SystemExit("--job needs --destination")
     _engine, sessions = open_database(settings.database_url)
+    log = ExportLog(sessions)
     for export_id in args.export_ids:
-        ExportLog(sessions).retry(export_id)
+        log.retry(export_id)
         print(f"export {export_id} queued again")
+    if args.job is not None:
+        count = log.retry_failed(args.job, args.destination)
+        print(f"{count} failed export(s) of job {args.job} to {args.destination} queued again")
+        if count == 0:
+            return 1
     return 0
 
 
@@ -271,7 +309,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_echo)
 
     p = with_config(sub.add_parser("retry-export", help="send failed exports again"))
-    p.add_argument("export_ids", type=int, nargs="+")
+    p.add_argument("export_ids", type=int, nargs="*")
+    p.add_argument("--job", type=int, help="every failed export of this job (with --destination)")
+    p.add_argument("--destination", help="destination name (with --job)")
     p.set_defaults(func=cmd_retry_export)
 
     p = with_config(sub.add_parser("requeue", help="run jobs again (same result UIDs)"))

@@ -18,8 +18,8 @@ from pathlib import Path
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicomnode.config import Settings
+from dicomnode.db.leases import release_dead_local_leases
 from dicomnode.db.queue import JobQueue, JobTicket, NewResult
-from dicomnode.db.reports import release_dead_local_leases
 from dicomnode.processing import PriorReport, Processor, ProcessRequest
 from dicomnode.storage import Storage
 

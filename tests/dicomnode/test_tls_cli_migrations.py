@@ -121,7 +121,16 @@ def test_send_and_status_commands(settings, sessions, storage, receiver, tmp_pat
     report = json.loads(status.stdout)
     assert report["counts"]["instances"] == 4 and len(report["studies"]) == 1
     text = _cli("status", "--config", str(cfg))
-    assert report["studies"][0]["study_instance_uid"] in text.stdout
+    study_uid = report["studies"][0]["study_instance_uid"]
+    assert study_uid in text.stdout and "Totals: studies 1, series 1, instances 4" in text.stdout
+    one = _cli("status", "--config", str(cfg), "--study", study_uid)
+    assert one.returncode == 0, one.stderr
+    assert f"Study {study_uid}: receiving" in one.stdout and "study-received" in one.stdout
+    assert "4 instances" in one.stdout
+    assert _cli("status", "--config", str(cfg), "--study", "1.2.3").returncode == 1
+    none_failed = _cli("retry-export", "--config", str(cfg), "--job", "7", "--destination", "pacs")
+    assert none_failed.returncode == 1
+    assert "0 failed export(s) of job 7 to pacs" in none_failed.stdout
     echo = _cli("echo", "--host", receiver.host, "--port", str(receiver.port),
                 "--aet", receiver.ae_title)
     assert echo.returncode == 0 and "0x0000" in echo.stdout

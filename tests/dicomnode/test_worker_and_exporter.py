@@ -165,7 +165,7 @@ def test_destination_down_then_up_delivers(settings, sessions, storage, queued_j
 
 
 def test_refusals_end_in_a_visible_failed_state(settings, sessions, storage, queued_job) -> None:
-    from dicomnode.db.reports import Reports
+    from dicomnode.db import webqueries as wq
 
     pacs = FakePacs(statuses=[0xA700, 0xA700, 0xA700])
     try:
@@ -173,7 +173,8 @@ def test_refusals_end_in_a_visible_failed_state(settings, sessions, storage, que
         exporter = _exporter(settings, sessions, storage, [pacs.destination()])
         for _ in range(3):
             exporter.run_once()
-        (failed,) = Reports(sessions).exports((ExportState.FAILED,))
+        with sessions() as session:
+            (failed,) = wq.list_exports(session, states=[ExportState.FAILED])
         assert failed.attempts == 3 and failed.last_status == 0xA700
         assert "0xA700" in failed.last_error
         ExportLog(sessions).retry(failed.export_id)  # the operator's retry

@@ -30,14 +30,6 @@ from training.train_unet import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def cached_cases(tmp_path_factory) -> list[Path]:
     root = tmp_path_factory.mktemp("cases")
