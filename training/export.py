@@ -19,8 +19,8 @@ from training.train_decovnet import CLASS_NAMES
 
 logger = logging.getLogger(__name__)
 
-UNET_VERSION = "1.0.0-synthetic"
-DECOVNET_VERSION = "1.0.0-synthetic"
+UNET_VERSION = "1.1.0-synthetic"  # 1.1: fine-tuned with finding-weighted slices
+DECOVNET_VERSION = "1.1.0-synthetic"  # 1.1: CAM supervised with the phantoms' lesion masks
 
 NOT_FIT_FOR = """## Not fit for
 
@@ -39,9 +39,32 @@ def _threads_text(config: dict[str, Any]) -> str:
     return f"{config.get('device', 'cpu')} with {threads} thread(s)"
 
 
+def _window_text(config: dict[str, Any]) -> str:
+    if config.get("full_from_step") == 0:
+        return "Every step sees a whole volume."
+    return (f"To fit the CPU budget, the steps before {config.get('full_from_step')} (or before "
+            f"{1.0 - float(config.get('full_volume_share', 0.1)):.0%} of the time budget) see a "
+            f"window of {config.get('window_slices')} consecutive 1-mm slices (around a finding "
+            "when the case has one), the later steps whole volumes.")
+
+
 def _finetune_text(config: dict[str, Any]) -> str:
+    """Where a fine-tuned run started: the base checkpoint's run, when it is still there."""
     init = config.get("init_from")
-    return f" Fine-tuned from the weights of `{Path(init).name}`." if init else ""
+    if not init:
+        return ""
+    base = Path(init)
+    text = f" Fine-tuned from the weights of `{base.name}`"
+    if base.exists():
+        payload = torch.load(base, map_location="cpu", weights_only=False)
+        cfg = payload.get("config", {})
+        text += (f" (a run of {int(payload.get('step', 0))} steps, "
+                 f"{float(payload.get('elapsed_s', 0.0)) / 60.0:.1f} min, lr {cfg.get('lr')}, "
+                 f"{cfg.get('n_slices', cfg.get('n_cases', '?'))} training samples"
+                 + (f", windows of {cfg['window_slices']} slices then whole volumes"
+                    if cfg.get("window_slices") and cfg.get("full_from_step") else "")
+                 + ")")
+    return text + "."
 
 
 def _slice_sampling_text(config: dict[str, Any]) -> str:
@@ -89,6 +112,11 @@ def export_model(
     config = payload.get("config", {})
     minutes = float(payload.get("elapsed_s", 0.0)) / 60.0
     steps = int(payload.get("step", 0))
+    metadata: dict[str, Any] = {
+        "trained_steps": steps, "training_minutes": round(minutes, 1),
+        "training_data": "synthetic phantoms (training.synthetic)"}
+    if config.get("init_from"):
+        metadata["fine_tuned_from"] = Path(str(config["init_from"])).name
     if which == "unet":
         model: torch.nn.Module = UNet2D()
         model.load_state_dict(payload["model"])
@@ -98,8 +126,7 @@ def export_model(
             class_names=("background", "lung"),
             input_spec={"work_shape_px": list(UNET_WORK_SHAPE_PX),
                         "window_hu": [WINDOW_HU_MIN, WINDOW_HU_MAX]},
-            metadata={"trained_steps": steps, "training_minutes": round(minutes, 1),
-                      "training_data": "synthetic phantoms (training.synthetic)"},
+            metadata=metadata,
             registry_dir=registry_dir,
         )
     if which == "decovnet":
@@ -112,8 +139,7 @@ def export_model(
             arch_kwargs={"num_classes": len(CLASS_NAMES)},
             input_spec={"crop_shape_px": list(crop_px), "slice_spacing_mm": 1.0,
                         "window_hu": [WINDOW_HU_MIN, WINDOW_HU_MAX]},
-            metadata={"trained_steps": steps, "training_minutes": round(minutes, 1),
-                      "training_data": "synthetic phantoms (training.synthetic)"},
+            metadata=metadata,
             registry_dir=registry_dir,
         )
     raise ValueError(f"unknown model {which!r}")
@@ -227,10 +253,9 @@ morphological segmenter for the other half, so both kinds of mask are seen.
 Adam lr {config.get('lr')} (the paper's 1e-5 raised for the CPU time budget), no weight decay,
 cross entropy, batch 1 volume, classes drawn 50/50 (oversampling). {_augment_text(config)}
 {_init_text(config)} {_aux_text(config)}
-To fit the CPU budget, the steps before {config.get('full_from_step')} (or before 90 % of the
-time budget) see a window of {config.get('window_slices')} consecutive 1-mm slices (around a
-finding when the case has one), the later steps whole volumes. Seed {config.get('seed')},
+{_window_text(config)} Seed {config.get('seed')},
 {steps} steps, {minutes:.1f} min on {_threads_text(config)}; {_history_summary(payload)}.
+{_finetune_text(config)}
 
 ## Measured (held-out synthetic phantoms, `docs/evaluation/report.md`)
 {_metrics_section(metrics, [("classification.roc_auc", "ROC AUC (COVID vs non-COVID)"),

@@ -262,6 +262,7 @@ def train_decovnet(
     cfg = LoopConfig(max_steps=max_steps, max_minutes=max_minutes, lr=lr, seed=seed,
                      checkpoint_every=50)
     record = {"lr": lr, "window_slices": window_slices, "full_from_step": full_from_step,
+              "full_volume_share": full_volume_share,
               "threads": torch.get_num_threads(), "device": str(dev),
               "n_cases": len(volumes), "seed": seed, "reinit_classifier": reinit_classifier,
               "augment": augment, "affine": aug.affine, "aux_lesion_cam_weight": aux_weight,

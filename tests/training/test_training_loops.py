@@ -178,3 +178,36 @@ def test_cnn_bert_light_training_runs(cached_cases: list[Path], tmp_path: Path) 
     logits, emb = model(torch.zeros(1, 3, 32, 32, 32))
     assert logits.shape == (1, 2) and emb.shape == (1, 64)
     assert mlp(torch.zeros(1, 128)).shape == (1, 2)
+
+
+@pytest.mark.slow
+def test_export_writes_checksummed_weights_and_an_honest_card(
+    cached_cases: list[Path], tmp_path: Path
+) -> None:
+    from pipeline.models.registry import load_model
+    from training.export import export_model
+
+    ckpts = tmp_path / "checkpoints"
+    prepared = []
+    for i, path in enumerate(cached_cases):
+        target = tmp_path / f"in_{i}.npz"
+        save_prepared(prepare_case(path, (32, 48), use_morphology=False), target)
+        prepared.append(target)
+    train_decovnet(prepared, ckpts / "base.pt", max_steps=2, max_minutes=2, window_slices=8)
+    train_decovnet(prepared, ckpts / "tuned.pt", max_steps=1, max_minutes=2, window_slices=8,
+                   full_volume_share=1.0, init_from=ckpts / "base.pt")
+    metrics = {"classification": {"roc_auc": 0.5}, "localization": {"cam_share": 1.0}}
+    registry = tmp_path / "registry"
+    spec = export_model("decovnet", tmp_path, metrics, registry_dir=registry, crop_px=(32, 48),
+                        run_name="tuned")
+    card = (registry / "decovnet.md").read_text()
+    assert "Not weakly supervised" in card and "Every step sees a whole volume." in card
+    assert "Fine-tuned from the weights of `base.pt` (a run of 2 steps" in card
+    assert "ROC AUC (COVID vs non-COVID): 0.5000" in card
+    assert "share of COVID cases whose lesions came from the CAM" in card
+    assert spec.metadata["fine_tuned_from"] == "base.pt"
+    model, loaded = load_model("decovnet", "cpu", registry)
+    assert loaded.sha256 == spec.sha256 and loaded.input_spec["crop_shape_px"] == [32, 48]
+    tuned = torch.load(ckpts / "tuned.pt", weights_only=False)["model"]
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, tuned[key]), key
