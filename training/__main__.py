@@ -1,6 +1,7 @@
 """Command line of the training package: ``python -m training <command>`` (or ``dicomnode-train``).
 
-Commands: make-dicom, make-data, train-unet, train-decovnet, train-cnn-bert, evaluate, export.
+Commands: make-dicom, make-data, train-unet, train-decovnet, validate-unet, validate-decovnet,
+train-cnn-bert, evaluate, report, export.
 Everything heavy is cached under the work directory (default ``.work/``, git-ignored).
 """
 
@@ -130,6 +131,31 @@ def cmd_validate_decovnet(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_validate_unet(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from pipeline.series import volume_from_array
+    from pipeline.stages.lung_unet import UNetLungSegmenter
+    from training.cache import load_case
+    from training.export import export_model
+    from training.metrics import dice
+
+    torch.set_num_threads(args.threads)
+    cases = [load_case(p) for p in _existing_cases(args.work_dir, "val", args.cases)]
+    for run in args.runs:
+        with tempfile.TemporaryDirectory() as registry:
+            export_model("unet", args.work_dir, {}, registry_dir=Path(registry), run_name=run)
+            segmenter = UNetLungSegmenter(device="cpu", registry_dir=registry)
+            scores = [dice(segmenter.segment(volume_from_array(c.hu, c.spacing_mm)).both, c.lungs)
+                      for c in cases]
+        by_kind = {k: np.mean([d for d, c in zip(scores, cases, strict=True) if c.kind == k])
+                   for k in sorted({c.kind for c in cases})}
+        print(f"{run}: validation n={len(cases)} lung Dice mean {np.mean(scores):.4f} "
+              f"min {np.min(scores):.4f}; by kind "
+              + ", ".join(f"{k} {v:.4f}" for k, v in by_kind.items()))
+    return 0
+
+
 def cmd_train_cnn_bert(args: argparse.Namespace) -> int:
     from training.train_cnn_bert import train_cnn_bert
 
@@ -249,6 +275,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--crop-h", type=int, default=112)
     p.add_argument("--crop-w", type=int, default=168)
     p.set_defaults(func=cmd_validate_decovnet)
+
+    p = sub.add_parser("validate-unet", help="score U-Net checkpoints on the val split")
+    common(p)
+    p.add_argument("runs", nargs="+", help="checkpoint names under checkpoints/")
+    p.add_argument("--cases", type=int, default=16, help="validation phantoms to use")
+    p.set_defaults(func=cmd_validate_unet)
 
     p = sub.add_parser("train-cnn-bert", help="train a light 3D-CNN-BERT")
     trainer(p, 300, 20.0, 1e-4)
