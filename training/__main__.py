@@ -168,6 +168,15 @@ def cmd_train_cnn_bert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _exported_runs(registry_dir: Path | None) -> list[str]:
+    """The training runs the registered models were exported from (registry metadata)."""
+    from pipeline.models.registry import read_registry
+
+    runs = [str(spec.metadata["run"]) for spec in read_registry(registry_dir).values()
+            if spec.metadata.get("run")]
+    return runs or ["unet", "decovnet"]
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from training.evaluate import evaluate_all
     from training.report import write_report
@@ -177,7 +186,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                            real=args.real)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.work_dir / "evaluation.json").write_text(json.dumps(results, indent=2))
-    write_report(results, args.out, args.work_dir)
+    write_report(results, args.out, args.work_dir, runs=_exported_runs(args.registry_dir))
     print(f"report written to {args.out / 'report.md'}")
     return 0
 
@@ -187,8 +196,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     results = json.loads((args.work_dir / "evaluation.json").read_text())
     notes = [n.read_text() for n in args.notes]
-    path = write_report(results, args.out, args.work_dir, decovnet_run=args.decovnet_run,
-                        notes=notes)
+    path = write_report(results, args.out, args.work_dir,
+                        runs=_exported_runs(args.registry_dir), notes=notes)
     print(f"report written to {path}")
     return 0
 
@@ -299,13 +308,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="rewrite the report from the last evaluation.json")
     common(p)
     p.add_argument("--out", type=Path, default=Path("docs/evaluation"))
-    p.add_argument("--decovnet-run", default="decovnet", help="the exported DeCoVNet run")
+    p.add_argument("--registry-dir", type=Path, default=None)
     p.add_argument("--notes", type=Path, nargs="*", default=[], help="markdown notes to add")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("export", help="export a trained checkpoint into the model registry")
     common(p)
-    p.add_argument("--model", choices=["unet", "decovnet"], required=True)
+    p.add_argument("--model", choices=["unet", "decovnet", "cnn-bert"], required=True)
     p.add_argument("--registry-dir", type=Path, default=None)
     p.add_argument("--crop-h", type=int, default=112)
     p.add_argument("--crop-w", type=int, default=168)

@@ -21,9 +21,10 @@ import numpy.typing as npt
 import torch
 from tqdm import tqdm
 
+from pipeline.models.registry import read_registry
 from pipeline.preprocessing import coarse_lung_box
 from pipeline.series import volume_from_array
-from pipeline.stages.classify import DeCoVNetClassifier
+from pipeline.stages.classify import CNN_BERT_MODEL_NAME, CnnBertClassifier, DeCoVNetClassifier
 from pipeline.stages.localize import CamLesionLocalizer
 from pipeline.stages.lung_morphology import MorphologicalLungSegmenter
 from pipeline.stages.lung_unet import UNetLungSegmenter
@@ -87,6 +88,22 @@ def unet_resolution_row(
     return row
 
 
+def _classification_summary(rows: list[dict[str, Any]], key: str) -> dict[str, Any]:
+    """ROC AUC, the scores at p = 0.5, the ROC curve and mean p per kind of ``row[key]``."""
+    labels = [r["label"] for r in rows]
+    scores = [r[key] for r in rows]
+    bs = binary_scores(labels, scores, 0.5)
+    fpr, tpr = roc_curve(labels, scores)
+    return {
+        "n": len(rows), "n_covid": int(sum(labels)), "roc_auc": roc_auc(labels, scores),
+        "accuracy": bs.accuracy, "sensitivity": bs.sensitivity, "specificity": bs.specificity,
+        "precision": bs.precision, "f1": bs.f1, "tp": bs.tp, "fp": bs.fp, "tn": bs.tn,
+        "fn": bs.fn, "roc_fpr": fpr.tolist(), "roc_tpr": tpr.tolist(),
+        "mean_p_covid_by_kind": {k: float(np.mean([r[key] for r in rows if r["kind"] == k]))
+                                 for k in sorted({r["kind"] for r in rows})},
+    }
+
+
 def evaluate_all(
     work_dir: Path, registry_dir: Path | None, n_cases: int, crop_px: tuple[int, int] | None,
     real: bool = True,
@@ -99,6 +116,8 @@ def evaluate_all(
     morph = MorphologicalLungSegmenter()
     unet = UNetLungSegmenter(device="cpu", registry_dir=registry_dir)
     classifier = DeCoVNetClassifier(device="cpu", registry_dir=registry_dir)
+    cnn_bert = (CnnBertClassifier(device="cpu", registry_dir=registry_dir)
+                if CNN_BERT_MODEL_NAME in read_registry(registry_dir) else None)
     localizer = CamLesionLocalizer()
     paths = [case_file(work_dir, "test", s) for s in split_seeds("test", n_cases * 3)]
     paths = [p for p in paths if p.exists()][:n_cases]
@@ -132,6 +151,10 @@ def evaluate_all(
             "time_morph_s": t1 - t0, "time_unet_s": t2 - t1, "time_classify_s": t3 - t2,
             "time_localize_s": t4 - t3,
         }
+        if cnn_bert is not None:
+            t5 = time.perf_counter()
+            row["p_covid_cnn_bert"] = cnn_bert.classify(volume, lungs).p_covid
+            row["time_cnn_bert_s"] = time.perf_counter() - t5
         if len(rows) < RESOLUTION_CASES:
             row["unet_resolution"] = unet_resolution_row(unet, volume, case.lungs)
         if case.is_covid:
@@ -149,18 +172,9 @@ def evaluate_all(
                           case.lesion_mask, u_lungs.both, _union(lesions, volume.shape),
                           cls.activation)
     results: dict[str, Any] = {"phantoms": rows}
-    labels = [r["label"] for r in rows]
-    scores = [r["p_covid"] for r in rows]
-    bs = binary_scores(labels, scores, 0.5)
-    fpr, tpr = roc_curve(labels, scores)
-    results["classification"] = {
-        "n": len(rows), "n_covid": int(sum(labels)), "roc_auc": roc_auc(labels, scores),
-        "accuracy": bs.accuracy, "sensitivity": bs.sensitivity, "specificity": bs.specificity,
-        "precision": bs.precision, "f1": bs.f1, "tp": bs.tp, "fp": bs.fp, "tn": bs.tn,
-        "fn": bs.fn, "roc_fpr": fpr.tolist(), "roc_tpr": tpr.tolist(),
-        "mean_p_covid_by_kind": {k: float(np.mean([r["p_covid"] for r in rows if r["kind"] == k]))
-                                 for k in sorted({r["kind"] for r in rows})},
-    }
+    results["classification"] = _classification_summary(rows, "p_covid")
+    if cnn_bert is not None:
+        results["classification_cnn_bert"] = _classification_summary(rows, "p_covid_cnn_bert")
     lung = {
         "unet": {f"dice_{s}_{k}": v for s in ("both", "left", "right")
                  for k, v in _summary([r[f"dice_unet_{s}"] for r in rows]).items()},

@@ -8,11 +8,16 @@ from typing import Any
 
 import torch
 
+from pipeline.models.cnn_bert import CnnBert, CnnBertMlp
 from pipeline.models.decovnet import DeCoVNet
 from pipeline.models.registry import ModelSpec, export_weights
 from pipeline.models.unet2d import UNet2D
 from pipeline.preprocessing import UNET_WORK_SHAPE_PX, WINDOW_HU_MAX, WINDOW_HU_MIN
-from pipeline.stages.classify import DECOVNET_MODEL_NAME
+from pipeline.stages.classify import (
+    CNN_BERT_MLP_MODEL_NAME,
+    CNN_BERT_MODEL_NAME,
+    DECOVNET_MODEL_NAME,
+)
 from pipeline.stages.lung_unet import DEFAULT_MODEL_NAME as UNET_MODEL_NAME
 from training.cache import KIND_CYCLE, SPLIT_SEED_BASE
 from training.train_decovnet import CLASS_NAMES
@@ -21,6 +26,8 @@ logger = logging.getLogger(__name__)
 
 UNET_VERSION = "1.1.0-synthetic"  # 1.1: fine-tuned with finding-weighted slices
 DECOVNET_VERSION = "1.1.0-synthetic"  # 1.1: CAM supervised with the phantoms' lesion masks
+CNN_BERT_VERSION = "1.0.0-synthetic"
+CNN_BERT_CLASS_NAMES = ("covid19", "non-covid")  # index 0 = COVID-19, the original's order
 
 NOT_FIT_FOR = """## Not fit for
 
@@ -102,9 +109,11 @@ def export_model(
     crop_px: tuple[int, int] = (112, 168),
     run_name: str | None = None,
 ) -> ModelSpec:
-    """Export ``which`` ("unet" or "decovnet") from ``work_dir/checkpoints/<run_name>.pt``
-    (default run name: "unet" or "decovnet") with its model card."""
-    name = run_name or ("unet" if which == "unet" else "decovnet")
+    """Export ``which`` ("unet", "decovnet" or "cnn-bert") from
+    ``work_dir/checkpoints/<run_name>.pt`` (default run name: "unet", "decovnet", "cnn_bert")
+    with its model card."""
+    name = run_name or {"unet": "unet", "decovnet": "decovnet", "cnn-bert": "cnn_bert"}.get(
+        which, which)
     ckpt_path = work_dir / "checkpoints" / f"{name}.pt"
     if not ckpt_path.exists():
         raise FileNotFoundError(f"no checkpoint {ckpt_path}; train first")
@@ -114,7 +123,7 @@ def export_model(
     steps = int(payload.get("step", 0))
     metadata: dict[str, Any] = {
         "trained_steps": steps, "training_minutes": round(minutes, 1),
-        "training_data": "synthetic phantoms (training.synthetic)"}
+        "training_data": "synthetic phantoms (training.synthetic)", "run": name}
     if config.get("init_from"):
         metadata["fine_tuned_from"] = Path(str(config["init_from"])).name
     if which == "unet":
@@ -142,7 +151,75 @@ def export_model(
             metadata=metadata,
             registry_dir=registry_dir,
         )
+    if which == "cnn-bert":
+        return _export_cnn_bert(payload, ckpt_path, config, steps, minutes, metrics, metadata,
+                                registry_dir)
     raise ValueError(f"unknown model {which!r}")
+
+
+def _export_cnn_bert(
+    payload: dict[str, Any], ckpt_path: Path, config: dict[str, Any], steps: int,
+    minutes: float, metrics: dict[str, Any], metadata: dict[str, Any],
+    registry_dir: Path | None,
+) -> ModelSpec:
+    """The backbone+BERT and its MLP head (``<run>_mlp.pt`` beside the checkpoint), one card."""
+    arch = {"depth": int(config["depth"]), "base_width": int(config["base_width"]),
+            "num_classes": len(CNN_BERT_CLASS_NAMES)}
+    backbone = CnnBert(**arch)
+    backbone.load_state_dict(payload["model"])
+    mlp_path = ckpt_path.with_name(ckpt_path.stem + "_mlp.pt")
+    if not mlp_path.exists():
+        raise FileNotFoundError(f"no MLP head {mlp_path}; the training run did not finish")
+    mlp = CnnBertMlp(in_features=2 * backbone.embedding_dim,
+                     num_classes=len(CNN_BERT_CLASS_NAMES))
+    mlp.load_state_dict(torch.load(mlp_path, map_location="cpu", weights_only=True))
+    card = _cnn_bert_card(config, steps, minutes, payload, metrics)
+    common: dict[str, Any] = {
+        "version": CNN_BERT_VERSION, "card_text": card, "class_names": CNN_BERT_CLASS_NAMES,
+        "positive_class": "covid19", "metadata": metadata, "registry_dir": registry_dir}
+    export_weights(mlp, CNN_BERT_MLP_MODEL_NAME, "cnn-bert-mlp",
+                   arch_kwargs={"in_features": 2 * backbone.embedding_dim,
+                                "num_classes": len(CNN_BERT_CLASS_NAMES)}, **common)
+    return export_weights(
+        backbone, CNN_BERT_MODEL_NAME, "cnn-bert", arch_kwargs=arch,
+        input_spec={"resize_px": int(config["resize_px"]), "size_px": int(config["crop_px"]),
+                    "frames": backbone.frames},
+        **common)
+
+
+def _cnn_bert_card(config: dict[str, Any], steps: int, minutes: float, payload: dict[str, Any],
+                   metrics: dict[str, Any]) -> str:
+    return f"""# cnn-bert {CNN_BERT_VERSION} (with its MLP head cnn-bert-mlp)
+
+3D-CNN-BERT (models.md §2): an R(2+1)D backbone of depth **{config.get('depth')}** and base
+width **{config.get('base_width')}** (the paper: depth 34, width 64; reduced for CPU training
+time), one BERT layer with a learned class token over the 32-frame set, and an MLP over the
+max- and mean-pooled class-token embeddings of every 32-slice set of a scan. Classes
+{CNN_BERT_CLASS_NAMES} (index 0 = COVID-19). Used by `pipeline.stages.classify.CnnBertClassifier`
+when `[pipeline] classifier = "cnn-bert"`; it produces no activation map, so lesions then come
+from the localizer's intensity fallback.
+
+## Input
+`pipeline.slices`: the adaptive slice range of the lung fraction, 32-slice sets (random
+resampling in training, sequential sets at inference), RML channels resized to
+{config.get('resize_px')} and centre-cropped to {config.get('crop_px')} px (the paper: 280 / 224).
+
+## Training data
+{_data_section(config.get('n_cases', '?'))}
+Lung masks are the phantoms' ground truth.
+
+## Training settings
+Backbone + BERT: AdamW lr {config.get('lr')}, cross entropy on single random sets, classes drawn
+50/50, random horizontal flip; seed {config.get('seed')}, {steps} steps, {minutes:.1f} min on
+{_threads_text(config)}; {_history_summary(payload)}. MLP head: full-batch Adam on the pooled
+embeddings of the training scans.
+
+## Measured (held-out synthetic phantoms, `docs/evaluation/report.md`)
+{_metrics_section(metrics, [("classification_cnn_bert.roc_auc", "ROC AUC (COVID vs non-COVID)"),
+                            ("classification_cnn_bert.f1", "F1 at p = 0.5"),
+                            ("classification_cnn_bert.sensitivity", "sensitivity at p = 0.5"),
+                            ("classification_cnn_bert.specificity", "specificity at p = 0.5")])}
+{NOT_FIT_FOR}"""
 
 
 def _augment_text(config: dict[str, Any]) -> str:

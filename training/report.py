@@ -39,18 +39,25 @@ def _fmt(value: Any, digits: int = 3) -> str:
     return str(value)
 
 
-def _training_info(work_dir: Path, decovnet_run: str) -> dict[str, dict[str, Any]]:
+def _training_info(work_dir: Path, runs: list[str]) -> dict[str, dict[str, Any]]:
+    """Steps, time, loss history and settings of ``runs`` and of the runs they were
+    fine-tuned from (``init_from``), base runs first."""
     info: dict[str, dict[str, Any]] = {}
-    for name in ("unet", decovnet_run, "cnn_bert"):
+    pending = list(runs)
+    while pending:
+        name = pending.pop(0)
         path = work_dir / "checkpoints" / f"{name}.pt"
-        if not path.exists():
+        if name in info or not path.exists():
             continue
         payload = torch.load(path, map_location="cpu", weights_only=False)
+        config = payload.get("config", {})
         info[name] = {"steps": int(payload.get("step", 0)),
                       "minutes": float(payload.get("elapsed_s", 0.0)) / 60.0,
                       "history": payload.get("history", []),
-                      "config": payload.get("config", {})}
-    return info
+                      "config": config}
+        if config.get("init_from"):
+            pending.append(Path(str(config["init_from"])).stem)
+    return dict(sorted(info.items(), key=lambda kv: kv[0] in runs))
 
 
 def _plot_roc(results: dict[str, Any], out: Path) -> None:
@@ -151,6 +158,25 @@ def _plot_examples(work_dir: Path, out: Path, prefix: str, title: str) -> str | 
     return name
 
 
+def _cnn_bert_lines(c: dict[str, Any] | None) -> list[str]:
+    """The 3D-CNN-BERT + MLP classifier on the same phantoms (the U-Net lungs), when shipped."""
+    if not c:
+        return []
+    return [
+        "### 3D-CNN-BERT + MLP (the alternative classifier, same phantoms and lungs)",
+        "",
+        "| ROC AUC | accuracy | sensitivity | specificity | precision | F1 | TP | FP | TN | FN |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+        f"| {_fmt(c['roc_auc'])} | {_fmt(c['accuracy'])} | {_fmt(c['sensitivity'])} | "
+        f"{_fmt(c['specificity'])} | {_fmt(c['precision'])} | {_fmt(c['f1'])} | {c['tp']} | "
+        f"{c['fp']} | {c['tn']} | {c['fn']} |",
+        "",
+        "Mean p(COVID-19) per phantom kind: "
+        + ", ".join(f"{k} {_fmt(v)}" for k, v in c["mean_p_covid_by_kind"].items()) + ".",
+        "",
+    ]
+
+
 def _cam_share_text(loc: dict[str, Any]) -> str:
     share = loc.get("cam_share")
     if share is None:
@@ -191,16 +217,17 @@ def _resolution_lines(res: dict[str, Any] | None) -> list[str]:
 
 
 def write_report(
-    results: dict[str, Any], out: Path, work_dir: Path, decovnet_run: str = "decovnet",
+    results: dict[str, Any], out: Path, work_dir: Path, runs: list[str] | None = None,
     notes: list[str] | None = None,
 ) -> Path:
     """Write ``report.md`` and the figures into ``out``; returns the report path.
 
-    ``decovnet_run`` names the checkpoint that was exported; ``notes`` are extra paragraphs
-    (e.g. the trial runs that were not exported).
+    ``runs`` name the checkpoints that were exported (default "unet" and "decovnet"); the runs
+    they were fine-tuned from are added. ``notes`` are extra paragraphs (e.g. the trial runs
+    that were not exported).
     """
     out.mkdir(parents=True, exist_ok=True)
-    info = _training_info(work_dir, decovnet_run)
+    info = _training_info(work_dir, runs or ["unet", "decovnet"])
     _plot_roc(results, out)
     _plot_scores(results, out)
     _plot_lung_dice(results, out)
@@ -252,6 +279,7 @@ def write_report(
         "",
         "![ROC](roc.png) ![scores](p_covid_by_kind.png)",
         "",
+        *_cnn_bert_lines(results.get("classification_cnn_bert")),
         "## Lung segmentation (Dice against the phantoms' ground truth)",
         "",
         "| segmenter | both lungs mean | min | median | left mean | right mean |",
@@ -332,7 +360,7 @@ def write_report(
     for name, d in info.items():
         cfg = ", ".join(f"{k} {v}" for k, v in d["config"].items())
         lines.append(f"- **{name}**: {d['steps']} steps in {d['minutes']:.1f} min ({cfg}).")
-    if "cnn_bert" not in info:
+    if "classification_cnn_bert" not in results:
         lines.append("- **3D-CNN-BERT**: not trained in this session (CPU time); no weights are "
                      "shipped for it.")
     for note in notes or []:
