@@ -222,6 +222,19 @@ embeddings of the training scans.
 {NOT_FIT_FOR}"""
 
 
+def _real_text(metrics: dict[str, Any]) -> str:
+    """The real studies' predictions, one line each (anecdotes, not a test set)."""
+    real = metrics.get("real") or []
+    if not real:
+        return ""
+    lines = ["Real studies (COVID-CT-MD, two cases; anecdotes, not a test set):"]
+    for r in real:
+        right = bool(r["covid_positive"]) == (r["predicted_label"] == "covid19")
+        lines.append(f"- {r['case']} ({r['diagnosis']}): p(COVID-19) {r['p_covid']:.3f}, "
+                     f"predicted {r['predicted_label']} ({'correct' if right else 'wrong'})")
+    return "\n".join(lines) + "\n"
+
+
 def _augment_text(config: dict[str, Any]) -> str:
     if config.get("augment") == "none":
         return ("No augmentation (trial runs with it did not generalise within the step "
@@ -346,4 +359,6 @@ cross entropy, batch 1 volume, classes drawn 50/50 (oversampling). {_augment_tex
                              "lesion hit rate (largest lesion, DeCoVNet definition)"),
                             ("localization.hit_rate_union", "lesion hit rate (all lesions)"),
                             ("localization.lesion_dice_mean", "lesion Dice, mean")])}
-{NOT_FIT_FOR}"""
+{_real_text(metrics)}
+{NOT_FIT_FOR}- Telling COVID-19 from other pneumonias on real CT: see the real studies above.
+"""

@@ -177,6 +177,18 @@ def _cnn_bert_lines(c: dict[str, Any] | None) -> list[str]:
     ]
 
 
+def _real_misclassified_lines(real: list[dict[str, Any]]) -> list[str]:
+    """A plain statement for every real study whose predicted class is wrong."""
+    wrong = [r for r in real if bool(r["covid_positive"]) != (r["predicted_label"] == "covid19")]
+    return [
+        f"**{r['case']} ({r['diagnosis']}) is misclassified** as {r['predicted_label']} "
+        f"(p(COVID-19) {_fmt(r['p_covid'])}). The phantoms' non-COVID look-alikes do not stand "
+        "for real pneumonias of other causes, so the phantom ROC AUC above says nothing about "
+        "telling COVID-19 from other pneumonias on real CT."
+        for r in wrong
+    ] + ([""] if wrong else [])
+
+
 def _cam_share_text(loc: dict[str, Any]) -> str:
     share = loc.get("cam_share")
     if share is None:
@@ -342,6 +354,7 @@ def write_report(
             "of cap002 (with morphological labels) in training, so its agreement on cap002 is "
             "not held-out; P002 is.",
             "",
+            *_real_misclassified_lines(real),
         ]
         if ex_real:
             lines += [f"![real examples]({ex_real})", ""]
@@ -374,12 +387,18 @@ def write_report(
             f"| {r['seed']} | {r['kind']} | {_fmt(r['dice_unet_both'])} | "
             f"{_fmt(r['dice_morph_both'])} | {_fmt(r['p_covid'])} | {r['n_lesions']} | "
             f"{_fmt(r.get('hit_largest'))} | {_fmt(r.get('lesion_dice'))} |")
-    lines += ["", "## Reproduce", "", "```",
-              "python -m training make-data --train 200 --test 50",
-              "python -m training train-unet && python -m training export --model unet",
-              "python -m training train-decovnet && python -m training export --model decovnet",
-              "python -m training evaluate && python -m training export --model unet "
-              "&& python -m training export --model decovnet", "```", ""]
+    lines += ["", "## Reproduce", "",
+              "The settings of every run are in the training section above (and in each "
+              "checkpoint); the training notes give the exact commands. In outline:", "", "```",
+              "python -m training make-data --train 240 --test 50",
+              "python -m training train-unet ... && python -m training export --model unet",
+              "python -m training train-decovnet ... && python -m training export "
+              "--model decovnet --run-name RUN",
+              "python -m training train-cnn-bert ... && python -m training export "
+              "--model cnn-bert",
+              "python -m training evaluate --cases 50   # then export again: cards get the "
+              "figures",
+              "```", ""]
     path = out / "report.md"
     path.write_text("\n".join(lines))
     logger.info("wrote %s", path)

@@ -10,7 +10,9 @@ decreasing volume; and the 3DCC candidates keep all their components.
 3DCC input: the original fed its raw U-Net lung mask, which fragments around lesions. Our lung
 masks are refined (holes filled), so 3DCC runs on the *aerated* lung instead: lung voxels at
 or below the same intensity threshold (-664 HU). A CAM component is kept when it overlaps a
-3DCC candidate (``use_3dcc=True``) or always (``use_3dcc=False``).
+3DCC candidate (``use_3dcc=True``) or always (``use_3dcc=False``). When no region reaches a candidate, the regions are kept: the
+paper's 3DCC step picks among CAM regions (its argmax returns one even with no overlap), it
+does not empty the result.
 
 Without an activation map (a classifier that has none), the seed is intensity-based instead:
 lung voxels above the threshold whose 5 mm neighbourhood is at least 40 % such voxels (patchy
@@ -35,7 +37,7 @@ from pipeline.types import Classification, CTVolume, Lesion, LungMask, ModelInfo
 logger = logging.getLogger(__name__)
 
 LOCALIZER_NAME = "decovnet-cam-3dcc"
-LOCALIZER_VERSION = "1.0.0"
+LOCALIZER_VERSION = "1.1.0"  # 1.1: 3DCC picks among CAM regions, never empties them
 CAM_HISTOGRAM_BINS = 50
 CAM_TOP_SHARE = 0.05  # share of the box's voxels kept from the top of the CAM histogram
 INTENSITY_LEVEL_MIN = 75  # uint8 level of the [-1200, 600] window (about -664 HU)
@@ -201,7 +203,12 @@ class CamLesionLocalizer:
             hit = np.zeros(count + 1, dtype=bool)
             hit[np.unique(labels[candidates])] = True
             hit[0] = False
-            large &= hit
+            if (large & hit).any():
+                large &= hit
+            elif large.any():
+                # The paper's 3DCC chooses among the CAM regions and never empties the result
+                # (with no overlap its argmax still returns a region): keep the CAM's regions.
+                logger.info("no CAM region overlaps a 3DCC candidate: keeping the CAM's regions")
         order = [int(i) for i in np.argsort(sizes, kind="stable")[::-1] if large[i]]
         if len(order) > self.max_lesions:
             logger.info("keeping the %d largest of %d lesions", self.max_lesions, len(order))

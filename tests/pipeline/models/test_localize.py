@@ -156,3 +156,25 @@ def test_localizer_argument_checks() -> None:
     with pytest.raises(ValueError):
         CamLesionLocalizer(min_volume_ml=-1.0)
     assert CamLesionLocalizer().info.name == "decovnet-cam-3dcc"
+
+
+def test_3dcc_chooses_among_cam_regions_but_never_empties_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import pipeline.stages.localize as localize
+
+    labels = np.zeros((10, 20, 20), dtype=np.int32)
+    labels[1:4, 2:8, 2:8] = 1  # 108 voxels
+    labels[5:8, 10:14, 10:14] = 2  # 48 voxels
+    aerated = np.zeros(labels.shape, dtype=bool)
+    localizer = CamLesionLocalizer(min_volume_ml=0.01)
+    overlap = np.zeros(labels.shape, dtype=bool)
+    overlap[6, 11, 11] = True  # a 3DCC candidate inside region 2 only
+    monkeypatch.setattr(localize, "cc3d_candidates", lambda mask, keep_all: overlap)
+    assert localizer._components_to_keep(labels, 2, aerated, voxel_ml=0.001) == [2]
+    monkeypatch.setattr(localize, "cc3d_candidates",
+                        lambda mask, keep_all: np.zeros(labels.shape, dtype=bool))
+    assert localizer._components_to_keep(labels, 2, aerated, voxel_ml=0.001) == [1, 2]
+    # without 3DCC every region above the size threshold is kept, largest first
+    assert CamLesionLocalizer(min_volume_ml=0.01, use_3dcc=False)._components_to_keep(
+        labels, 2, aerated, voxel_ml=0.001) == [1, 2]
