@@ -26,6 +26,7 @@ from dicomnode.web.api import ActionRefusedError, requeue_job, retry_export, ret
 from dicomnode.web.auth import COOKIE_NAME, local_target
 from dicomnode.web.context import WebContext, get_ctx, get_session, release
 from dicomnode.web.resultgroups import group_results
+from dicomnode.web.timeline import fold_events
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +94,7 @@ def make_templates() -> Jinja2Templates:
     )
     env.filters.update(utc=_utc, ago=_ago, short_uid=_short_uid, status_hex=_status_hex)
     env.globals.update(duration=_duration, version=__version__, group_results=group_results,
-                       attention_shown=ATTENTION_SHOWN)
+                       fold_events=fold_events, attention_shown=ATTENTION_SHOWN)
     return Jinja2Templates(env=env)
 
 

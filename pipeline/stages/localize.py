@@ -10,9 +10,9 @@ decreasing volume; and the 3DCC candidates keep all their components.
 3DCC input: the original fed its raw U-Net lung mask, which fragments around lesions. Our lung
 masks are refined (holes filled), so 3DCC runs on the *aerated* lung instead: lung voxels at
 or below the same intensity threshold (-664 HU). A CAM component is kept when it overlaps a
-3DCC candidate (``use_3dcc=True``) or always (``use_3dcc=False``). When no region reaches a candidate, the regions are kept: the
-paper's 3DCC step picks among CAM regions (its argmax returns one even with no overlap), it
-does not empty the result.
+3DCC candidate (``use_3dcc=True``) or always (``use_3dcc=False``). When no region reaches a
+candidate, the regions are kept: the paper's 3DCC step picks among CAM regions (its argmax
+returns one even with no overlap), it does not empty the result.
 
 Without an activation map (a classifier that has none), the seed is intensity-based instead:
 lung voxels above the threshold whose 5 mm neighbourhood is at least 40 % such voxels (patchy

@@ -80,6 +80,12 @@ def test_study_page_shows_timeline_and_opens_viewer(
     assert int(lesions) == study.lesion_count
     kinds_listed = {t.strip() for t in page.locator("article.job .tag").all_inner_texts()}
     assert {"SEG", "SR", "OVERLAY"} <= kinds_listed
+    # one line per result series, and one timeline entry for all the exports of the job
+    (sent,) = study.node.query("select count(*) from exports where state = 'sent'")[0]
+    (overlays,) = study.node.query(
+        "select count(*) from result_objects where kind = 'OVERLAY'")[0]
+    assert page.locator("table.results", has_text=f"{overlays} objects").count() == 1
+    assert page.locator("ol.timeline .event-count").all_inner_texts() == [f"×{sent}"]
     shoot(page, "node-study")
 
     link = page.get_by_role("link", name="Open in viewer")
