@@ -209,8 +209,9 @@ resampling in training, sequential sets at inference), RML channels resized to
 Lung masks are the phantoms' ground truth.
 
 ## Training settings
-Backbone + BERT: AdamW lr {config.get('lr')}, cross entropy on single random sets, classes drawn
-50/50, random horizontal flip; seed {config.get('seed')}, {steps} steps, {minutes:.1f} min on
+Backbone + BERT: Adam lr {config.get('lr')} (the paper: AdamW), no weight decay, cross
+entropy on single random sets, classes drawn 50/50, random horizontal flip; seed
+{config.get('seed')}, {steps} steps, {minutes:.1f} min on
 {_threads_text(config)}; {_history_summary(payload)}. MLP head: full-batch Adam on the pooled
 embeddings of the training scans.
 

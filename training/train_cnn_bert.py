@@ -4,8 +4,9 @@ Inputs follow models.md §2.2-§2.4 through ``pipeline.slices``: the adaptive sl
 lung fraction (training span >= 8), 32 slices drawn with the random resampler, RML channels
 resized and centre-cropped (a reduced ``resize_px`` / ``crop_px`` for CPU time, recorded in the
 registry so the stage uses the same), random horizontal flip. Backbone + BERT are trained on
-single sets with cross entropy (AdamW, as the paper); the MLP head is then trained on the max-
-and mean-pooled CLS embeddings of every evaluation set of each scan (Adam, §2.6).
+single sets with cross entropy (Adam without weight decay; the paper used AdamW); the MLP head
+is then trained on the max- and mean-pooled CLS embeddings of every evaluation set of each scan
+(Adam, §2.6).
 """
 
 from __future__ import annotations
