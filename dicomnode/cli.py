@@ -144,10 +144,12 @@ def cmd_status(args: argparse.Namespace) -> int:
             default=str, indent=2,
         ))
         return 0
+    def nonzero(by_state: dict[str, int]) -> str:
+        return ", ".join(f"{k} {v}" for k, v in by_state.items() if v) or "none"
+
     print(f"Totals: studies {counts['studies']}, series {counts['series']}, instances "
-          f"{counts['instances']}; jobs "
-          + ", ".join(f"{k} {v}" for k, v in counts["jobs"].items() if v)
-          + "; exports " + ", ".join(f"{k} {v}" for k, v in counts["exports"].items() if v))
+          f"{counts['instances']}; jobs {nonzero(counts['jobs'])}; exports "
+          f"{nonzero(counts['exports'])}")
     print(f"\nStudies ({len(studies)} most recent)")
     print(f"{'study instance uid':<64}  {'series':>6} {'inst':>5}  {'status':<9}  last received")
     for st in studies:

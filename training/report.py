@@ -158,13 +158,9 @@ def _plot_examples(work_dir: Path, out: Path, prefix: str, title: str) -> str | 
     return name
 
 
-def _cnn_bert_lines(c: dict[str, Any] | None) -> list[str]:
-    """The 3D-CNN-BERT + MLP classifier on the same phantoms (the U-Net lungs), when shipped."""
-    if not c:
-        return []
+def _classification_table(c: dict[str, Any]) -> list[str]:
+    """The scores at p(COVID-19) >= 0.5 and the mean p per phantom kind, as markdown lines."""
     return [
-        "### 3D-CNN-BERT + MLP (the alternative classifier, same phantoms and lungs)",
-        "",
         "| ROC AUC | accuracy | sensitivity | specificity | precision | F1 | TP | FP | TN | FN |",
         "|---|---|---|---|---|---|---|---|---|---|",
         f"| {_fmt(c['roc_auc'])} | {_fmt(c['accuracy'])} | {_fmt(c['sensitivity'])} | "
@@ -174,6 +170,17 @@ def _cnn_bert_lines(c: dict[str, Any] | None) -> list[str]:
         "Mean p(COVID-19) per phantom kind: "
         + ", ".join(f"{k} {_fmt(v)}" for k, v in c["mean_p_covid_by_kind"].items()) + ".",
         "",
+    ]
+
+
+def _cnn_bert_lines(c: dict[str, Any] | None) -> list[str]:
+    """The 3D-CNN-BERT + MLP classifier on the same phantoms (the U-Net lungs), when shipped."""
+    if not c:
+        return []
+    return [
+        "### 3D-CNN-BERT + MLP (the alternative classifier, same phantoms and lungs)",
+        "",
+        *_classification_table(c),
     ]
 
 
@@ -280,15 +287,7 @@ def write_report(
         "",
         f"{c['n']} phantoms ({c['n_covid']} COVID-like, {c['n'] - c['n_covid']} look-alikes).",
         "",
-        "| ROC AUC | accuracy | sensitivity | specificity | precision | F1 | TP | FP | TN | FN |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-        f"| {_fmt(c['roc_auc'])} | {_fmt(c['accuracy'])} | {_fmt(c['sensitivity'])} | "
-        f"{_fmt(c['specificity'])} | {_fmt(c['precision'])} | {_fmt(c['f1'])} | {c['tp']} | "
-        f"{c['fp']} | {c['tn']} | {c['fn']} |",
-        "",
-        "Mean p(COVID-19) per phantom kind: "
-        + ", ".join(f"{k} {_fmt(v)}" for k, v in c["mean_p_covid_by_kind"].items()) + ".",
-        "",
+        *_classification_table(c),
         "![ROC](roc.png) ![scores](p_covid_by_kind.png)",
         "",
         *_cnn_bert_lines(results.get("classification_cnn_bert")),

@@ -26,16 +26,20 @@ import numpy as np
 import numpy.typing as npt
 import torch
 import torch.nn.functional as F
+from scipy import ndimage
 from tqdm import tqdm
 
 from pipeline.models.decovnet import DeCoVNet
 from pipeline.preprocessing import decovnet_input, resize, sample_axis
 from pipeline.series import volume_from_array
+from pipeline.stages.cam import feature_cam, normalise_cam
+from pipeline.stages.localize import INTENSITY_LEVEL_MIN, top_share_threshold
 from pipeline.stages.lung_morphology import MorphologicalLungSegmenter
 from training.augment import DECOVNET_AUGMENT, AugmentConfig, augment_volume
 from training.cache import load_case
 from training.checkpoint import TrainState, load_weights
 from training.loop import LoopConfig, run_training
+from training.metrics import lesion_hit
 
 logger = logging.getLogger(__name__)
 
@@ -295,12 +299,6 @@ def crop_cam_hit(
     largest component's median voxel must lie in a finding. The report's figures come from the
     full stage (``training.evaluate``), not from this.
     """
-    from scipy import ndimage
-
-    from pipeline.stages.cam import feature_cam, normalise_cam
-    from pipeline.stages.localize import INTENSITY_LEVEL_MIN, top_share_threshold
-    from training.metrics import lesion_hit
-
     cam = feature_cam(feats, model.cam_weights(), CLASS_NAMES.index("covid19"))
     up = F.interpolate(torch.from_numpy(cam)[None, None], size=v.image.shape, mode="trilinear",
                        align_corners=True)[0, 0].numpy()

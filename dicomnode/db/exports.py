@@ -114,9 +114,7 @@ class ExportLog:
                 return 0
             now = utcnow()
             for export in exports:
-                export.state = ExportState.PENDING
-                export.attempts = 0
-                export.next_attempt_at = now
+                _requeue(export, now)
             study_id, _ = self._study_of(session, exports[0])
             add_event(session, study_id, "export-requeued",
                       f"{len(exports)} to {destination} by operator", job_id=job_id)
@@ -126,8 +124,13 @@ class ExportLog:
         """Operator action: send a failed export again now."""
         with self._sessions() as session, session.begin():
             export = session.get_one(Export, export_id)
-            export.state = ExportState.PENDING
-            export.attempts = 0
-            export.next_attempt_at = utcnow()
+            _requeue(export, utcnow())
             study_id, job_id = self._study_of(session, export)
             add_event(session, study_id, "export-requeued", "by operator", job_id=job_id)
+
+
+def _requeue(export: Export, now: datetime) -> None:
+    """An operator's retry: pending again, due now, with a fresh attempt budget."""
+    export.state = ExportState.PENDING
+    export.attempts = 0
+    export.next_attempt_at = now

@@ -12,11 +12,13 @@ from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime
 
+from dicomnode.db.models import ExportState
 from dicomnode.db.webqueries import ExportView, ResultView
 
-FAILED = "failed"
-ATTENTION_STATES = ("failed", "pending", "sending")  # listed object by object
-_STATE_ORDER = ("sent", "sending", "pending", "failed")
+# listed object by object
+ATTENTION_STATES = (ExportState.FAILED.value, ExportState.PENDING.value, ExportState.SENDING.value)
+_STATE_ORDER = tuple(s.value for s in (ExportState.SENT, ExportState.SENDING, ExportState.PENDING,
+                                      ExportState.FAILED))
 
 
 @dataclass(frozen=True)
@@ -31,7 +33,7 @@ class DestinationTally:
 
     @property
     def failed(self) -> int:
-        return dict(self.counts).get(FAILED, 0)
+        return dict(self.counts).get(ExportState.FAILED.value, 0)
 
 
 @dataclass(frozen=True)
