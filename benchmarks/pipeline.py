@@ -40,8 +40,8 @@ CONFIGS: dict[str, dict[str, Any]] = {
 
 def _child(config_json: str, files_dir: str, repeats: int) -> None:
     """Runs in the child: load once, analyse ``repeats`` times, print JSON timings."""
-    from pipeline.export.uids import new_uid_root
     from pipeline.processor import ChestCTProcessor
+    from pipeline.writers.uids import new_uid_root
 
     settings = json.loads(config_json)
     started = time.perf_counter()

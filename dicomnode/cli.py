@@ -69,9 +69,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_worker(args: argparse.Namespace) -> int:
     from dicomnode.config import pipeline_options
     from dicomnode.db.engine import open_database
-    from dicomnode.processing import load_processor
-    from dicomnode.storage import Storage
-    from dicomnode.worker import Worker
+    from dicomnode.jobs.processing import load_processor
+    from dicomnode.jobs.worker import Worker
+    from dicomnode.receiving.storage import Storage
 
     settings = _settings(args)
     _setup_logging(settings.node.log_level)
@@ -174,7 +174,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
-    from dicomnode.analyze import analyze_directory
+    from dicomnode.tools.analyze import analyze_directory
 
     settings = _settings(args)
     overrides = {}
@@ -197,7 +197,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
 
 def cmd_send(args: argparse.Namespace) -> int:
-    from dicomnode.send import send_files
+    from dicomnode.tools.send import send_files
 
     _setup_logging("INFO" if args.verbose else "WARNING")
     report = send_files(args.paths, args.host, args.port, args.aet, args.calling_aet)

@@ -16,15 +16,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from dicomnode.assembler import Assembler
 from dicomnode.config import Settings
 from dicomnode.db.engine import open_database
 from dicomnode.db.exports import ExportLog
 from dicomnode.db.records import InstanceRecorder
-from dicomnode.export import Exporter
-from dicomnode.recovery import reindex_spool
-from dicomnode.scp import start_receiver
-from dicomnode.storage import Storage
+from dicomnode.delivering.exporter import Exporter
+from dicomnode.jobs.assembler import Assembler
+from dicomnode.receiving.recovery import reindex_spool
+from dicomnode.receiving.scp import start_receiver
+from dicomnode.receiving.storage import Storage
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """The chest-CT processor the node's worker loads (``pipeline.processor:ChestCTProcessor``).
 
-It satisfies ``dicomnode.processing.Processor`` structurally (this package never imports
+It satisfies ``dicomnode.jobs.processing.Processor`` structurally (this package never imports
 the node): built once per worker process from the ``[pipeline]`` settings, it loads its
 stages (and their models) once, then turns each request's series into SEG and SR files and a
 JSON-serialisable summary. ``analyze_files`` runs the same analysis on a folder of files with
@@ -24,13 +24,13 @@ import pydicom.config
 
 from pipeline import __version__
 from pipeline.errors import ModelError, PipelineError
-from pipeline.export.sr import PriorReportRef
-from pipeline.export.uids import derive_uid
 from pipeline.runner import OverlayWriter, PipelineRunner, WrittenObject
 from pipeline.series import read_series
 from pipeline.stages import Classifier, LesionLocalizer, LungSegmenter
 from pipeline.stages.lung_morphology import MorphologicalLungSegmenter
 from pipeline.types import CTVolume, ModelInfo, StudyResult
+from pipeline.writers.sr import PriorReportRef
+from pipeline.writers.uids import derive_uid
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ DEFAULT_SETTINGS: Mapping[str, Any] = {
 
 @dataclass(frozen=True)
 class ResultFile:
-    """A DICOM file written for a request (``dicomnode.processing.ResultObject``)."""
+    """A DICOM file written for a request (``dicomnode.jobs.processing.ResultObject``)."""
 
     path: Path
     kind: str  # "SEG", "SR" or "OVERLAY"
@@ -63,14 +63,14 @@ class ResultFile:
 
 @dataclass(frozen=True)
 class Outcome:
-    """Files written and a JSON-serialisable summary (``dicomnode.processing.ProcessOutcome``)."""
+    """Files written and a JSON-serialisable summary (the node's ``ProcessOutcome``)."""
 
     objects: tuple[ResultFile, ...]
     summary: Mapping[str, Any] = field(default_factory=dict)
 
 
 class Request(Protocol):
-    """What ``process`` reads of ``dicomnode.processing.ProcessRequest``."""
+    """What ``process`` reads of ``dicomnode.jobs.processing.ProcessRequest``."""
 
     @property
     def job_id(self) -> int: ...
@@ -206,7 +206,7 @@ def build_overlay(enabled: bool) -> OverlayWriter | None:
     if not enabled:
         return None
     try:
-        module = importlib.import_module("pipeline.export.overlay")
+        module = importlib.import_module("pipeline.writers.overlay")
         overlay: OverlayWriter = module.SecondaryCaptureOverlay()
     except (ImportError, AttributeError) as exc:
         raise PipelineError(f"overlay writer is not available: {exc}") from exc

@@ -18,12 +18,12 @@ from typing import Protocol
 
 import highdicom as hd
 
-from pipeline.export.seg import build_seg, plan_segments
-from pipeline.export.sr import PriorReportRef, build_sr
-from pipeline.export.viewer_sr import build_viewer_sr
 from pipeline.stages import Classifier, LesionLocalizer, LungSegmenter
 from pipeline.stats import lung_stats
 from pipeline.types import Classification, CTVolume, Lesion, ModelInfo, StudyResult
+from pipeline.writers.seg import build_seg, plan_segments
+from pipeline.writers.sr import PriorReportRef, build_sr
+from pipeline.writers.viewer_sr import build_viewer_sr
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ VIEWER_SR_FILE_NAME = "sr-viewer.dcm"
 
 @dataclass(frozen=True)
 class WrittenObject:
-    """A DICOM file written for a job (structurally ``dicomnode.processing.ResultObject``)."""
+    """A DICOM file written for a job (structurally ``dicomnode.jobs.processing.ResultObject``)."""
 
     path: Path
     kind: str  # "SEG", "SR" or "OVERLAY"

@@ -24,9 +24,9 @@ from pydicom.pixels import pixel_array
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, CTImageStorage, ExplicitVRLittleEndian
 
 from pipeline.errors import SeriesError
-from pipeline.export.uids import derive_uid, is_valid_uid, uuid_string_to_uid
 from pipeline.geometry import direction_matrix, orientation_axes, orientation_of
 from pipeline.types import CTVolume
+from pipeline.writers.uids import derive_uid, is_valid_uid, uuid_string_to_uid
 
 logger = logging.getLogger(__name__)
 

@@ -46,8 +46,9 @@ def test_source_imports_follow_the_architecture(package: str) -> None:
 
 def test_receiver_process_never_loads_torch() -> None:
     code = (
-        "import sys, dicomnode.cli, dicomnode.node, dicomnode.scp, dicomnode.worker, "
-        "dicomnode.export, dicomnode.analyze\n"
+        "import sys, dicomnode.cli, dicomnode.node, dicomnode.receiving.scp, "
+        "dicomnode.jobs.worker, "
+        "dicomnode.delivering.exporter, dicomnode.tools.analyze\n"
         "bad = [m for m in ('torch', 'pipeline') if m in sys.modules]\n"
         "print(','.join(bad))\n"
     )

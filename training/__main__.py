@@ -137,8 +137,8 @@ def cmd_validate_unet(args: argparse.Namespace) -> int:
     from pipeline.series import volume_from_array
     from pipeline.stages.lung_unet import UNetLungSegmenter
     from training.cache import load_case
-    from training.export import export_model
     from training.metrics import dice
+    from training.publish import export_model
 
     torch.set_num_threads(args.threads)
     cases = [load_case(p) for p in _existing_cases(args.work_dir, "val", args.cases)]
@@ -203,7 +203,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from training.export import export_model
+    from training.publish import export_model
 
     metrics_path = args.work_dir / "evaluation.json"
     metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}

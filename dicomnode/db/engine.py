@@ -3,8 +3,8 @@
 SQLite (the embedded default) gets WAL journaling, a busy timeout and foreign keys, with
 ``synchronous=NORMAL``: a commit survives a crash of the process (kill -9) without an fsync of
 its own. After a power loss the newest commits may be missing, so at start-up the node
-re-indexes every fsynced spool file that has no row (``dicomnode.recovery``): the spool files
-are the durable record of what was acknowledged, the rows an index of them.
+re-indexes every fsynced spool file that has no row (``dicomnode.receiving.recovery``): the
+spool files are the durable record of what was acknowledged, the rows an index of them.
 """
 
 from __future__ import annotations

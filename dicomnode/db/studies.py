@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from dicomnode.db.models import Instance, Job, Series, SeriesState, Study
 from dicomnode.db.records import add_event
-from dicomnode.selection import InstanceGeometry, SeriesCandidate
+from dicomnode.jobs.selection import InstanceGeometry, SeriesCandidate
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from dicomnode import __version__
 from dicomnode.config import Settings
-from dicomnode.storage import Storage
+from dicomnode.receiving.storage import Storage
 from dicomnode.web import api, dicomweb, health, metrics, pages
 from dicomnode.web.auth import Authenticator, AuthMiddleware
 from dicomnode.web.context import WebContext

@@ -11,7 +11,7 @@ from fastapi import Request
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicomnode.config import Settings
-from dicomnode.storage import Storage
+from dicomnode.receiving.storage import Storage
 from dicomnode.web.dicomjson import HeaderCache
 
 

@@ -22,7 +22,7 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from sqlalchemy.orm import Session
 
 from dicomnode.db import webqueries as wq
-from dicomnode.storage import is_valid_uid
+from dicomnode.receiving.storage import is_valid_uid
 from dicomnode.web.context import WebContext, dicomweb_base, get_ctx, get_session, release
 from dicomnode.web.dicomjson import (
     INSTANCE_ATTRIBUTES,

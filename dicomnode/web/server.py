@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from dicomnode.config import Settings
 from dicomnode.errors import ConfigError
-from dicomnode.storage import Storage
+from dicomnode.receiving.storage import Storage
 from dicomnode.web.app import create_app
 
 log = logging.getLogger(__name__)

@@ -18,8 +18,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from dicomnode.config import NodeSettings, Settings, load_settings
 from dicomnode.db.engine import open_database
 from dicomnode.db.records import InstanceRecorder
-from dicomnode.scp import start_receiver
-from dicomnode.storage import Storage
+from dicomnode.receiving.scp import start_receiver
+from dicomnode.receiving.storage import Storage
 
 
 def free_port() -> int:
@@ -125,7 +125,7 @@ def receiver(
 @pytest.fixture()
 def queued_job(settings: Settings, sessions: sessionmaker[Session]) -> int:
     """One 45-slice series recorded and evaluated: a queued job's id."""
-    from dicomnode.assembler import Assembler
+    from dicomnode.jobs.assembler import Assembler
 
     from .test_assembler_and_queue import later, record_series
 

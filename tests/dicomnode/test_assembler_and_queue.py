@@ -8,10 +8,10 @@ from datetime import timedelta
 from pydicom.uid import generate_uid
 from sqlalchemy import func, select
 
-from dicomnode.assembler import Assembler
 from dicomnode.db.models import Event, Export, Job, JobState, Series, SeriesState, utcnow
 from dicomnode.db.queue import JobQueue, NewResult
 from dicomnode.db.records import InstanceRecord, InstanceRecorder
+from dicomnode.jobs.assembler import Assembler
 
 from .conftest import det_uid
 

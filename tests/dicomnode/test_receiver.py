@@ -23,7 +23,7 @@ from sqlalchemy import func, select
 
 from dicomnode.config import NodeSettings
 from dicomnode.db.models import Event, Instance, Series
-from dicomnode.statuses import StoreStatus
+from dicomnode.receiving.statuses import StoreStatus
 
 from .conftest import ct_dataset, ct_series
 
@@ -124,7 +124,7 @@ def test_sop_class_mismatch_gives_a900(storage, sessions) -> None:
     from types import SimpleNamespace
 
     from dicomnode.db.records import InstanceRecorder
-    from dicomnode.handlers import handle_store
+    from dicomnode.receiving.handlers import handle_store
 
     ds = ct_series(1)[0]
     ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.4"  # MR Image Storage inside a CT request
@@ -142,8 +142,8 @@ def test_sop_class_mismatch_gives_a900(storage, sessions) -> None:
 
 def test_disk_reserve_gives_out_of_resources(settings, sessions) -> None:
     from dicomnode.db.records import InstanceRecorder
-    from dicomnode.scp import start_receiver
-    from dicomnode.storage import Storage
+    from dicomnode.receiving.scp import start_receiver
+    from dicomnode.receiving.storage import Storage
 
     full = Storage(settings.node.data_dir, min_free_mb=10**9)  # more than any disk has
     server = start_receiver(settings.node, full, InstanceRecorder(sessions))
@@ -157,9 +157,9 @@ def test_disk_reserve_gives_out_of_resources(settings, sessions) -> None:
 def test_enospc_gives_out_of_resources(settings, sessions, monkeypatch) -> None:
     import errno
 
-    from dicomnode import storage as storage_mod
     from dicomnode.db.records import InstanceRecorder
-    from dicomnode.scp import start_receiver
+    from dicomnode.receiving import storage as storage_mod
+    from dicomnode.receiving.scp import start_receiver
 
     def no_space(*_a, **_k):
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -181,7 +181,7 @@ def test_calling_ae_allow_list_and_called_ae_check(settings, storage, sessions) 
     from dataclasses import replace
 
     from dicomnode.db.records import InstanceRecorder
-    from dicomnode.scp import start_receiver
+    from dicomnode.receiving.scp import start_receiver
 
     node = replace(settings.node, allowed_calling_aets=("PACS",))
     server = start_receiver(node, storage, InstanceRecorder(sessions))
@@ -238,7 +238,7 @@ def test_files_are_synced_before_success(receiver, monkeypatch) -> None:
 
 
 def test_strict_mode_syncs_data_then_folders(settings, monkeypatch) -> None:
-    from dicomnode.storage import Storage
+    from dicomnode.receiving.storage import Storage
 
     store = Storage(settings.node.data_dir, sync_directories=True)
     calls: list[str] = []
@@ -253,7 +253,7 @@ def test_strict_mode_syncs_data_then_folders(settings, monkeypatch) -> None:
 
 def test_truncated_spool_file_is_quarantined(settings, storage, sessions) -> None:
     from dicomnode.db.records import InstanceRecorder
-    from dicomnode.recovery import reindex_spool
+    from dicomnode.receiving.recovery import reindex_spool
 
     good, bad = ct_series(2, size=64)
     for ds in (good, bad):
@@ -277,7 +277,7 @@ def test_truncated_spool_file_is_quarantined(settings, storage, sessions) -> Non
 def test_spool_files_without_rows_are_reindexed(settings, storage, sessions) -> None:
     """After a power loss the newest rows may be gone; the fsynced files bring them back."""
     from dicomnode.db.records import InstanceRecorder
-    from dicomnode.recovery import reindex_spool
+    from dicomnode.receiving.recovery import reindex_spool
 
     series = ct_series(3)
     for ds in series:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dicomnode.config import SelectionSettings
-from dicomnode.selection import (
+from dicomnode.jobs.selection import (
     CT_IMAGE_STORAGE,
     InstanceGeometry,
     SeriesCandidate,

@@ -20,7 +20,7 @@ from sqlalchemy import create_engine
 
 from dicomnode.db.models import Base
 from dicomnode.db.records import InstanceRecorder
-from dicomnode.scp import start_receiver
+from dicomnode.receiving.scp import start_receiver
 
 from .conftest import ct_series
 from .test_worker_and_exporter import FakePacs, _exporter, _run_job

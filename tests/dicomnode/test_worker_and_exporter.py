@@ -13,9 +13,9 @@ from sqlalchemy import select
 from dicomnode.config import Destination
 from dicomnode.db.exports import ExportLog
 from dicomnode.db.models import Export, ExportState, Job, JobState, ResultObject
-from dicomnode.export import Exporter
-from dicomnode.processing import ProcessRequest
-from dicomnode.worker import Worker
+from dicomnode.delivering.exporter import Exporter
+from dicomnode.jobs.processing import ProcessRequest
+from dicomnode.jobs.worker import Worker
 
 from .conftest import ct_series, free_port
 

@@ -17,8 +17,11 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset
 
-from pipeline.export import render
-from pipeline.export.overlay import (
+from pipeline.series import volume_from_array
+from pipeline.stats import lung_stats
+from pipeline.types import Classification, Lesion, LungMask, ModelInfo, StudyResult
+from pipeline.writers import render
+from pipeline.writers.overlay import (
     HEAT_MIN_ACTIVATION,
     LEFT_LUNG_RGB,
     LESION_CONTOUR_PX,
@@ -35,9 +38,6 @@ from pipeline.export.overlay import (
     lung_slices,
     write_overlay,
 )
-from pipeline.series import volume_from_array
-from pipeline.stats import lung_stats
-from pipeline.types import Classification, Lesion, LungMask, ModelInfo, StudyResult
 from tests.pipeline.conftest import dciodvfy_errors
 
 UID_ROOT = "2.25.314159265358979"

@@ -9,7 +9,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from dicomnode.processing import (
+from dicomnode.jobs.processing import (
     PriorReport,
     Processor,
     ProcessOutcome,

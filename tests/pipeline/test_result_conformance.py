@@ -31,17 +31,17 @@ from pydicom.uid import Comprehensive3DSRStorage, SegmentationStorage
 from scipy import ndimage
 from skimage.measure import points_in_poly
 
-from dicomnode.processing import ProcessRequest
-from pipeline.export import codes
-from pipeline.export.overlay import SecondaryCaptureOverlay
-from pipeline.export.seg import lesion_model, lung_model
-from pipeline.export.sr import DEVICE_OBSERVER_NAME, DEVICE_OBSERVER_UID
-from pipeline.export.viewer_sr import CORNERSTONE_FREEHAND_TRACKING_ID, VIEWER_SR_SERIES_NUMBER
+from dicomnode.jobs.processing import ProcessRequest
 from pipeline.processor import ChestCTProcessor, ProcessorConfig, build_runner
 from pipeline.runner import PipelineRunner
 from pipeline.series import read_series
 from pipeline.stages.lung_morphology import MorphologicalLungSegmenter
 from pipeline.types import Classification, CTVolume, Lesion, LungMask, ModelInfo, StudyResult
+from pipeline.writers import codes
+from pipeline.writers.overlay import SecondaryCaptureOverlay
+from pipeline.writers.seg import lesion_model, lung_model
+from pipeline.writers.sr import DEVICE_OBSERVER_NAME, DEVICE_OBSERVER_UID
+from pipeline.writers.viewer_sr import CORNERSTONE_FREEHAND_TRACKING_ID, VIEWER_SR_SERIES_NUMBER
 from tests.peers.dicom3tools import dcentvfy_errors, dciodvfy_errors
 from tests.peers.processes import MissingPeerError, find_tool
 from tests.peers.studies import PreparedSeries

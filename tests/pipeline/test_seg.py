@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 from pydicom.dataset import Dataset
 
-from pipeline.export import codes
-from pipeline.export.seg import (
+from pipeline.types import CTVolume, LungMask, StudyResult
+from pipeline.writers import codes
+from pipeline.writers.seg import (
     SEG_SERIES_DESCRIPTION,
     SEG_SERIES_NUMBER,
     build_seg,
@@ -19,8 +20,7 @@ from pipeline.export.seg import (
     seg_uids,
     write_seg,
 )
-from pipeline.export.uids import is_valid_uid
-from pipeline.types import CTVolume, LungMask, StudyResult
+from pipeline.writers.uids import is_valid_uid
 from tests.pipeline.conftest import dciodvfy_errors, make_result
 
 UID_ROOT = "2.25.1111"

@@ -19,11 +19,13 @@ from pydicom.sr.codedict import codes as dicom_codes
 from pydicom.uid import Comprehensive3DSRStorage
 from skimage.measure import points_in_poly
 
-from pipeline.export import codes
-from pipeline.export.contours import OUTLINE_MAX_POINTS, outline, polygon_area_px
-from pipeline.export.seg import SegmentPlan, write_seg
-from pipeline.export.sr import PriorReport
-from pipeline.export.viewer_sr import (
+from pipeline.runner import VIEWER_SR_FILE_NAME, write_results
+from pipeline.types import StudyResult
+from pipeline.writers import codes
+from pipeline.writers.contours import OUTLINE_MAX_POINTS, outline, polygon_area_px
+from pipeline.writers.seg import SegmentPlan, write_seg
+from pipeline.writers.sr import PriorReport
+from pipeline.writers.viewer_sr import (
     CORNERSTONE_FREEHAND_TRACKING_ID,
     VIEWER_SR_SERIES_DESCRIPTION,
     VIEWER_SR_SERIES_NUMBER,
@@ -33,8 +35,6 @@ from pipeline.export.viewer_sr import (
     viewer_sr_uids,
     write_viewer_sr,
 )
-from pipeline.runner import VIEWER_SR_FILE_NAME, write_results
-from pipeline.types import StudyResult
 from tests.pipeline.conftest import dciodvfy_errors, dsrdump_text, make_result
 
 UID_ROOT = "2.25.4444"

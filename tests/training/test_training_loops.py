@@ -186,7 +186,7 @@ def test_export_writes_checksummed_weights_and_an_honest_card(
     cached_cases: list[Path], tmp_path: Path
 ) -> None:
     from pipeline.models.registry import load_model
-    from training.export import export_model
+    from training.publish import export_model
 
     ckpts = tmp_path / "checkpoints"
     prepared = []

@@ -30,17 +30,17 @@ from pydicom.uid import UID, ExplicitVRLittleEndian, RLELossless, generate_uid
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from dicomnode.assembler import Assembler
 from dicomnode.config import Destination, Settings, WebSettings, load_settings
 from dicomnode.db.engine import open_database
 from dicomnode.db.exports import ExportLog
 from dicomnode.db.models import Export, ResultObject, utcnow
 from dicomnode.db.records import InstanceRecorder
-from dicomnode.headers import instance_record
-from dicomnode.processing import ProcessRequest
-from dicomnode.storage import Storage
+from dicomnode.jobs.assembler import Assembler
+from dicomnode.jobs.processing import ProcessRequest
+from dicomnode.jobs.worker import Worker
+from dicomnode.receiving.headers import instance_record
+from dicomnode.receiving.storage import Storage
 from dicomnode.web.app import create_app
-from dicomnode.worker import Worker
 from tests.dicomnode.conftest import ct_dataset, free_port
 
 TOKEN = "test-token-0123456789abcdef"

@@ -20,7 +20,7 @@ from dicomnode.config import Settings
 from dicomnode.db import studies as db
 from dicomnode.db.models import SeriesState, utcnow
 from dicomnode.db.records import add_event
-from dicomnode.selection import choose_series
+from dicomnode.jobs.selection import choose_series
 
 log = logging.getLogger(__name__)
 

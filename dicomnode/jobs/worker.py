@@ -20,8 +20,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from dicomnode.config import Settings
 from dicomnode.db.leases import release_dead_local_leases
 from dicomnode.db.queue import JobQueue, JobTicket, NewResult
-from dicomnode.processing import PriorReport, Processor, ProcessRequest
-from dicomnode.storage import Storage
+from dicomnode.jobs.processing import PriorReport, Processor, ProcessRequest
+from dicomnode.receiving.storage import Storage
 
 log = logging.getLogger(__name__)
 

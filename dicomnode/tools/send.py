@@ -16,7 +16,7 @@ from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 from pynetdicom import AE
 
-from dicomnode.scp import set_tcp_nodelay
+from dicomnode.receiving.scp import set_tcp_nodelay
 
 log = logging.getLogger(__name__)
 

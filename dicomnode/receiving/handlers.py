@@ -2,7 +2,7 @@
 
 Handlers never run inference and hold nothing heavy: the analysis happens in worker processes.
 A success status is returned only after the file is fsynced and renamed into place and its row
-is committed (see ``dicomnode.storage`` and ``dicomnode.db.records``).
+is committed (see ``dicomnode.receiving.storage`` and ``dicomnode.db.records``).
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from pynetdicom.events import Event
 from sqlalchemy.exc import SQLAlchemyError
 
 from dicomnode.db.records import InstanceRecorder
-from dicomnode.headers import instance_record
-from dicomnode.statuses import StoreStatus
-from dicomnode.storage import DiskFullError, InvalidUIDError, Storage, check_uid
+from dicomnode.receiving.headers import instance_record
+from dicomnode.receiving.statuses import StoreStatus
+from dicomnode.receiving.storage import DiskFullError, InvalidUIDError, Storage, check_uid
 
 log = logging.getLogger(__name__)
 

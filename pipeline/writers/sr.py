@@ -31,8 +31,9 @@ import highdicom as hd
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes as dicom_codes
 
-from pipeline.export import codes
-from pipeline.export.seg import (
+from pipeline.types import Classification, Lesion, LungStats, ModelInfo, StudyResult
+from pipeline.writers import codes
+from pipeline.writers.seg import (
     DEVICE_SERIAL_NUMBER,
     MANUFACTURER,
     MANUFACTURER_MODEL_NAME,
@@ -41,8 +42,7 @@ from pipeline.export.seg import (
     lesion_model,
     lung_model,
 )
-from pipeline.export.uids import derive_uid
-from pipeline.types import Classification, Lesion, LungStats, ModelInfo, StudyResult
+from pipeline.writers.uids import derive_uid
 
 logger = logging.getLogger(__name__)
 
@@ -280,7 +280,7 @@ def build_sr(
     uid_root: str,
     predecessors: Sequence[PriorReportRef] = (),
 ) -> hd.sr.Comprehensive3DSR:
-    """Build the TID 1500 report; ``seg``/``plans`` come from ``pipeline.export.seg``.
+    """Build the TID 1500 report; ``seg``/``plans`` come from ``pipeline.writers.seg``.
 
     Raises ValueError when there is nothing to report (no segment and no classification).
     """

@@ -20,9 +20,9 @@ import numpy as np
 import numpy.typing as npt
 
 from pipeline import __version__
-from pipeline.export import codes
-from pipeline.export.uids import derive_uid
 from pipeline.types import ModelInfo, StudyResult
+from pipeline.writers import codes
+from pipeline.writers.uids import derive_uid
 
 logger = logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from dicomnode.config import NodeSettings
 from dicomnode.db.records import InstanceRecorder
-from dicomnode.handlers import handle_echo, handle_store
-from dicomnode.storage import Storage
+from dicomnode.receiving.handlers import handle_echo, handle_store
+from dicomnode.receiving.storage import Storage
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ from pynetdicom.association import Association
 
 from dicomnode.config import Destination, ExportSettings
 from dicomnode.db.exports import ExportLog, ExportTicket
-from dicomnode.scp import set_tcp_nodelay
+from dicomnode.receiving.scp import set_tcp_nodelay
 
 log = logging.getLogger(__name__)
 

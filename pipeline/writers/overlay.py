@@ -31,8 +31,9 @@ from PIL import Image, ImageDraw
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, ExplicitVRLittleEndian
 
-from pipeline.export import render
-from pipeline.export.seg import (
+from pipeline.types import Lesion, ModelInfo, StudyResult
+from pipeline.writers import render
+from pipeline.writers.seg import (
     DEVICE_SERIAL_NUMBER,
     LEFT_LUNG_RGB,
     LESION_RGB,
@@ -42,8 +43,7 @@ from pipeline.export.seg import (
     SOFTWARE_VERSIONS,
     lung_model,
 )
-from pipeline.export.uids import derive_uid
-from pipeline.types import Lesion, ModelInfo, StudyResult
+from pipeline.writers.uids import derive_uid
 
 logger = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ SUMMARY_MAX_LESION_ROWS = 40
 
 @dataclass(frozen=True)
 class OverlayFile:
-    """One written overlay image (the fields of ``dicomnode.processing.ResultObject``)."""
+    """One written overlay image (the fields of ``dicomnode.jobs.processing.ResultObject``)."""
 
     path: Path
     kind: str  # always OVERLAY_KIND

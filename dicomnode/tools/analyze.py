@@ -18,10 +18,10 @@ from pydicom.uid import generate_uid
 
 from dicomnode.config import Settings, pipeline_options
 from dicomnode.errors import DicomNodeError
-from dicomnode.headers import instance_record, text_value
-from dicomnode.processing import ProcessRequest, load_processor
-from dicomnode.selection import InstanceGeometry, SeriesCandidate, choose_series
-from dicomnode.send import dicom_files
+from dicomnode.jobs.processing import ProcessRequest, load_processor
+from dicomnode.jobs.selection import InstanceGeometry, SeriesCandidate, choose_series
+from dicomnode.receiving.headers import instance_record, text_value
+from dicomnode.tools.send import dicom_files
 
 log = logging.getLogger(__name__)
 

@@ -3,8 +3,9 @@
 Every acknowledged instance was synced into the spool before its success status; its row was
 committed too, but with SQLite's ``synchronous=NORMAL`` a power loss can drop the newest
 commits. Re-indexing the spool makes the database agree with the files again. A file that does
-not read back whole (a crash between rename and sync, see ``dicomnode.storage``) belonged to an
-instance that was never acknowledged: it is moved to ``quarantine/`` for an operator to see.
+not read back whole (a crash between rename and sync, see ``dicomnode.receiving.storage``)
+belonged to an instance that was never acknowledged: it is moved to ``quarantine/`` for an
+operator to see.
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ import logging
 from pydicom import dcmread
 
 from dicomnode.db.records import InstanceRecorder
-from dicomnode.headers import instance_record
-from dicomnode.storage import Storage
+from dicomnode.receiving.headers import instance_record
+from dicomnode.receiving.storage import Storage
 
 log = logging.getLogger(__name__)
 

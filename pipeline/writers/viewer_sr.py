@@ -1,6 +1,6 @@
 """Companion TID 1500 report "for viewers": each lesion as an outline on one CT slice.
 
-Why a second report: the main report (``pipeline.export.sr``) describes every lung and lesion
+Why a second report: the main report (``pipeline.writers.sr``) describes every lung and lesion
 as a TID 1411 volumetric group referencing its SEG segment, and the classification as TID 1501
 groups without image coordinates. That is what reporting systems and the standard want, but
 OHIF 3.13's SR viewport fails on any measurement group without image coordinates (upstream
@@ -53,20 +53,20 @@ import numpy as np
 import numpy.typing as npt
 from pydicom.dataset import Dataset
 
-from pipeline.export import codes
-from pipeline.export.contours import outline
-from pipeline.export.seg import (
+from pipeline.types import Lesion, StudyResult
+from pipeline.writers import codes
+from pipeline.writers.contours import outline
+from pipeline.writers.seg import (
     SegmentPlan,
     lesion_model,
 )
-from pipeline.export.sr import (
+from pipeline.writers.sr import (
     PriorReportRef,
     algorithm_identification,
     comprehensive_3d_sr,
     observation_context,
 )
-from pipeline.export.uids import derive_uid
-from pipeline.types import Lesion, StudyResult
+from pipeline.writers.uids import derive_uid
 
 logger = logging.getLogger(__name__)
 
@@ -252,7 +252,7 @@ def build_viewer_sr(
     uid_root: str,
     predecessors: Sequence[PriorReportRef] = (),
 ) -> hd.sr.Comprehensive3DSR | None:
-    """Build the viewer report; ``plans`` are the SEG's (``pipeline.export.seg``), whose
+    """Build the viewer report; ``plans`` are the SEG's (``pipeline.writers.seg``), whose
     lesion segments give each group its Tracking UID. None when there is no lesion segment."""
     drawn = lesion_outlines(result, plans)
     if not drawn:

@@ -1,0 +1,1 @@
+"""Delivering results: sending result objects to the configured destinations."""
