@@ -256,10 +256,20 @@ def cmd_requeue(args: argparse.Namespace) -> int:
     settings = _settings(args)
     _engine, sessions = open_database(settings.database_url)
     queue = JobQueue(sessions, max_attempts=settings.worker.max_attempts)
+    refused = 0
     for job_id in args.job_ids:
-        queue.requeue(job_id)
-        print(f"job {job_id} queued again")
-    return 0
+        try:
+            queued = queue.requeue(job_id)
+        except LookupError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            refused += 1
+            continue
+        if queued:
+            print(f"job {job_id} queued again")
+        else:
+            print(f"error: job {job_id} is running; not queued again", file=sys.stderr)
+            refused += 1
+    return 1 if refused else 0
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,10 +1,10 @@
 """The chest-CT processor the node's worker loads (``pipeline.processor:ChestCTProcessor``).
 
-It satisfies ``dicomnode.jobs.processing.Processor`` structurally (this package never imports
-the node): built once per worker process from the ``[pipeline]`` settings, it loads its
-stages (and their models) once, then turns each request's series into SEG and SR files and a
-JSON-serialisable summary. ``analyze_files`` runs the same analysis on a folder of files with
-no node at all (the ``dicomnode analyze`` command).
+It satisfies ``dicomnode.jobs.processing.Processor`` structurally (of the node, this package
+imports only ``dicomnode.contracts``): built once per worker process from the ``[pipeline]``
+settings, it loads its stages (and their models) once, then turns each request's series into
+SEG and SR files and a JSON-serialisable summary. ``analyze_files`` runs the same analysis on
+a folder of files with no node at all (the ``dicomnode analyze`` command).
 """
 
 from __future__ import annotations
@@ -16,20 +16,20 @@ import math
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import pydicom.config
 
+from dicomnode.contracts import PriorReport, ProcessOutcome, ProcessRequest, ResultFile
 from pipeline import __version__
 from pipeline.errors import ModelError, PipelineError
-from pipeline.runner import OverlayWriter, PipelineRunner, WrittenObject
+from pipeline.runner import OverlayWriter, PipelineRunner
 from pipeline.series import read_series
 from pipeline.stages import Classifier, LesionLocalizer, LungSegmenter
 from pipeline.stages.lung_morphology import MorphologicalLungSegmenter
 from pipeline.types import CTVolume, ModelInfo, StudyResult
-from pipeline.writers.sr import PriorReportRef
 from pipeline.writers.uids import derive_uid
 
 logger = logging.getLogger(__name__)
@@ -48,44 +48,6 @@ DEFAULT_SETTINGS: Mapping[str, Any] = {
     "threads": 0,
     "overlay": True,
 }
-
-
-@dataclass(frozen=True)
-class ResultFile:
-    """A DICOM file written for a request (``dicomnode.jobs.processing.ResultObject``)."""
-
-    path: Path
-    kind: str  # "SEG", "SR" or "OVERLAY"
-    sop_class_uid: str
-    sop_instance_uid: str
-    series_instance_uid: str
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """Files written and a JSON-serialisable summary (the node's ``ProcessOutcome``)."""
-
-    objects: tuple[ResultFile, ...]
-    summary: Mapping[str, Any] = field(default_factory=dict)
-
-
-class Request(Protocol):
-    """What ``process`` reads of ``dicomnode.jobs.processing.ProcessRequest``."""
-
-    @property
-    def job_id(self) -> int: ...
-
-    @property
-    def files(self) -> tuple[Path, ...]: ...
-
-    @property
-    def out_dir(self) -> Path: ...
-
-    @property
-    def uid_root(self) -> str: ...
-
-    @property
-    def predecessors(self) -> Sequence[PriorReportRef]: ...
 
 
 @dataclass(frozen=True)
@@ -243,11 +205,11 @@ class ChestCTProcessor:
     def algorithms(self) -> tuple[ModelInfo, ...]:
         return self._runner.algorithms
 
-    def process(self, request: Request) -> Outcome:
+    def process(self, request: ProcessRequest) -> ProcessOutcome:
         """Analyse the request's series and write its result objects into ``out_dir``."""
         started = time.perf_counter()
         # The offline `dicomnode analyze` asks for UID repair; the node only sends valid files.
-        repair = bool(getattr(request, "options", {}).get("repair_uids", False))
+        repair = bool(request.options.get("repair_uids", False))
         volume = read_series(request.files, repair_uids=repair)
         read_s = time.perf_counter() - started
         logger.info("job %s: series %s read", request.job_id, volume.series_instance_uid)
@@ -260,9 +222,9 @@ class ChestCTProcessor:
         volume: CTVolume,
         out_dir: Path,
         uid_root: str,
-        predecessors: Sequence[PriorReportRef] = (),
+        predecessors: Sequence[PriorReport] = (),
         read_s: float | None = None,
-    ) -> Outcome:
+    ) -> ProcessOutcome:
         """Run the stages on ``volume``, write SEG and SR, and summarise."""
         result = self._runner.run(volume)
         started = time.perf_counter()
@@ -271,18 +233,8 @@ class ChestCTProcessor:
         timings.update(result.timings_s)
         timings["write"] = time.perf_counter() - started
         timings["total"] = sum(timings.values())
-        objects = tuple(_result_file(obj) for obj in written)
-        return Outcome(objects=objects, summary=summarize(result, objects, timings))
-
-
-def _result_file(obj: WrittenObject) -> ResultFile:
-    return ResultFile(
-        path=obj.path,
-        kind=obj.kind,
-        sop_class_uid=obj.sop_class_uid,
-        sop_instance_uid=obj.sop_instance_uid,
-        series_instance_uid=obj.series_instance_uid,
-    )
+        objects = tuple(written)
+        return ProcessOutcome(objects=objects, summary=summarize(result, objects, timings))
 
 
 def _number(value: float | None, digits: int = 3) -> float | None:
@@ -362,7 +314,7 @@ def analyze_files(
     out_dir: Path,
     settings: Mapping[str, Any],
     uid_root: str | None = None,
-) -> Outcome:
+) -> ProcessOutcome:
     """Offline analysis of a folder's files: SEG, SR and ``summary.json`` into ``out_dir``.
 
     Missing or malformed UIDs in the input are repaired deterministically (with a warning),

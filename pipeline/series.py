@@ -3,8 +3,9 @@
 ``read_series`` accepts any transfer syntax pydicom can decode through its plug-ins
 (pylibjpeg, pyjpegls, gdcm), keeps the CT images, sorts them along the slice normal and
 refuses series whose geometry is not a regular stack (mixed orientations, a missing slice,
-sheared positions) with a ``SeriesError`` that says exactly what is wrong. The returned
-headers keep every attribute except Pixel Data, which is released after decoding.
+sheared positions) with a ``SeriesError`` that says exactly what is wrong. The stack rules are
+the node's own (``dicomnode.contracts.stack``), so a series the node chose is one read here.
+The returned headers keep every attribute except Pixel Data, which is released after decoding.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.pixels import pixel_array
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, CTImageStorage, ExplicitVRLittleEndian
 
+from dicomnode.contracts.stack import SliceGeometry, Stack, StackError, check_stack
 from pipeline.errors import SeriesError
 from pipeline.geometry import direction_matrix, orientation_axes, orientation_of
 from pipeline.types import CTVolume
@@ -32,10 +34,6 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_MIN_SLICES = 10
 DEFAULT_SPACING_TOLERANCE = 0.1  # allowed relative deviation of a slice gap from the median
-ORIENTATION_TOLERANCE = 1e-3  # allowed difference of direction cosines between slices
-DUPLICATE_POSITION_TOLERANCE_MM = 1e-3  # slices closer than this along the normal are duplicates
-IN_PLANE_SHIFT_TOLERANCE_PIXELS = 0.5  # allowed in-plane drift of ImagePositionPatient
-PIXEL_SPACING_TOLERANCE_MM = 1e-3
 # Used for repaired UIDs: a constant root so the same broken input always gets the same UIDs.
 REPAIR_UID_ROOT = "urn:chest-ct-dicomnode:repaired-input"
 CT_SOP_CLASS_UIDS = frozenset({CTImageStorage})
@@ -110,16 +108,17 @@ def volume_from_datasets(
     for ds in images:
         _check_single_frame(ds)
         _add_missing_type2(ds)
-    sorted_images, positions, direction = _sort_along_normal(images)
-    if len(sorted_images) < min_slices:
-        raise SeriesError(
-            f"series has {len(sorted_images)} distinct slices, at least {min_slices} needed"
-        )
-    rows, cols, pixel_spacing = _check_matrix(sorted_images)
-    slice_spacing = _check_gaps(positions, spacing_tolerance)
-    _check_in_plane_alignment(sorted_images, direction, pixel_spacing)
-    hu = _decode_hu(sorted_images, rows, cols)
+    stack = _check_stack(images, min_slices, spacing_tolerance)
+    sorted_images = [images[i] for i in stack.order]
     first = sorted_images[0]
+    try:
+        direction = direction_matrix([float(v) for v in first.ImageOrientationPatient])
+    except ValueError as exc:
+        raise SeriesError(str(exc)) from exc
+    rows, cols = int(first.Rows), int(first.Columns)
+    pixel_spacing = (float(first.PixelSpacing[0]), float(first.PixelSpacing[1]))
+    slice_spacing = stack.slice_spacing_mm
+    hu = _decode_hu(sorted_images, rows, cols)
     return CTVolume(
         hu=hu,
         spacing_mm=(slice_spacing, pixel_spacing[0], pixel_spacing[1]),
@@ -192,101 +191,41 @@ def _add_missing_type2(ds: Dataset) -> None:
             setattr(ds, keyword, "")
 
 
-def _sort_along_normal(
-    images: list[Dataset],
-) -> tuple[list[Dataset], npt.NDArray[np.float64], npt.NDArray[np.float64]]:
-    """Sort by position along the slice normal, drop duplicate positions, check orientation."""
-    reference = [float(v) for v in images[0].ImageOrientationPatient]
-    try:
-        direction = direction_matrix(reference)
-    except ValueError as exc:
-        raise SeriesError(str(exc)) from exc
-    for ds in images[1:]:
-        iop = np.asarray([float(v) for v in ds.ImageOrientationPatient])
-        if iop.shape != (6,) or np.max(np.abs(iop - reference)) > ORIENTATION_TOLERANCE:
-            raise SeriesError(
-                f"inconsistent ImageOrientationPatient: {iop.tolist()} (instance "
-                f"{ds.get('InstanceNumber', '?')}) differs from {reference}"
-            )
-    normal = direction[:, 2]
-    positions = np.asarray(
-        [np.asarray([float(v) for v in ds.ImagePositionPatient]) @ normal for ds in images]
+def _slice_geometry(ds: Dataset) -> SliceGeometry:
+    number = ds.get("InstanceNumber", "?")
+    if "PixelSpacing" not in ds:
+        raise SeriesError(f"PixelSpacing is missing (instance {number})")
+    orientation = [float(v) for v in ds.ImageOrientationPatient]
+    position = [float(v) for v in ds.ImagePositionPatient]
+    spacing = [float(v) for v in ds.PixelSpacing]
+    if len(orientation) != 6 or len(position) != 3 or len(spacing) != 2:
+        raise SeriesError(f"malformed geometry attributes in instance {number}")
+    return SliceGeometry(
+        position=(position[0], position[1], position[2]),
+        orientation=(orientation[0], orientation[1], orientation[2],
+                     orientation[3], orientation[4], orientation[5]),
+        rows=int(ds.Rows),
+        columns=int(ds.Columns),
+        pixel_spacing=(spacing[0], spacing[1]),
+        instance_number=int(ds.get("InstanceNumber", 0) or 0),
     )
-    instance_numbers = [int(ds.get("InstanceNumber", 0) or 0) for ds in images]
-    order = sorted(range(len(images)), key=lambda i: (positions[i], instance_numbers[i]))
-    kept: list[int] = []
-    for i in order:
-        if kept and abs(positions[i] - positions[kept[-1]]) < DUPLICATE_POSITION_TOLERANCE_MM:
-            logger.warning(
-                "dropping instance %s: duplicate slice position %.3f mm (kept instance %s)",
-                instance_numbers[i], positions[i], instance_numbers[kept[-1]],
-            )
-            continue
-        kept.append(i)
-    if len(kept) < len(images):
-        logger.warning("dropped %d duplicate-position slice(s)", len(images) - len(kept))
-    return [images[i] for i in kept], positions[kept], direction
 
 
-def _check_matrix(images: list[Dataset]) -> tuple[int, int, tuple[float, float]]:
-    first = images[0]
-    rows, cols = int(first.Rows), int(first.Columns)
-    if "PixelSpacing" not in first:
-        raise SeriesError("PixelSpacing is missing")
-    spacing = (float(first.PixelSpacing[0]), float(first.PixelSpacing[1]))
-    if min(spacing) <= 0:
-        raise SeriesError(f"PixelSpacing {list(spacing)} is not positive")
-    for ds in images[1:]:
-        if (int(ds.Rows), int(ds.Columns)) != (rows, cols):
-            raise SeriesError(
-                f"inconsistent matrix: instance {ds.get('InstanceNumber', '?')} is "
-                f"{ds.Rows}x{ds.Columns}, first slice {rows}x{cols}"
-            )
-        other = (float(ds.PixelSpacing[0]), float(ds.PixelSpacing[1]))
-        deviation = max(abs(a - b) for a, b in zip(other, spacing, strict=True))
-        if deviation > PIXEL_SPACING_TOLERANCE_MM:
-            raise SeriesError(
-                f"inconsistent PixelSpacing: instance {ds.get('InstanceNumber', '?')} has "
-                f"{list(other)}, first slice {list(spacing)}"
-            )
-    return rows, cols, spacing
-
-
-def _check_gaps(positions: npt.NDArray[np.float64], tolerance: float) -> float:
-    """Check regular slice gaps; return the slice spacing in mm from the positions."""
-    gaps = np.diff(positions)
-    median = float(np.median(gaps))
-    for i, gap in enumerate(gaps):
-        if abs(gap - median) <= tolerance * median:
-            continue
-        ratio = gap / median
-        if ratio > 1.5 and abs(ratio - round(ratio)) <= tolerance * round(ratio):
-            missing = int(round(ratio)) - 1
-            raise SeriesError(
-                f"{missing} slice(s) missing between positions {positions[i]:.2f} mm and "
-                f"{positions[i + 1]:.2f} mm (slice spacing {median:.2f} mm)"
-            )
-        raise SeriesError(
-            f"irregular slice spacing: gap of {gap:.2f} mm between positions "
-            f"{positions[i]:.2f} mm and {positions[i + 1]:.2f} mm, median gap {median:.2f} mm"
+def _check_stack(images: list[Dataset], min_slices: int, spacing_tolerance: float) -> Stack:
+    """The shared stack rules (``dicomnode.contracts.stack``), as a ``SeriesError``."""
+    try:
+        stack = check_stack(
+            [_slice_geometry(ds) for ds in images],
+            min_slices=min_slices, spacing_tolerance=spacing_tolerance,
         )
-    return float((positions[-1] - positions[0]) / (len(positions) - 1))
-
-
-def _check_in_plane_alignment(
-    images: list[Dataset], direction: npt.NDArray[np.float64], pixel_spacing: tuple[float, float]
-) -> None:
-    """Refuse stacks whose slices shift in-plane (gantry tilt or sheared reformats)."""
-    origin = np.asarray([float(v) for v in images[0].ImagePositionPatient])
-    offsets = np.asarray([[float(v) for v in ds.ImagePositionPatient] for ds in images]) - origin
-    along_rows = np.abs(offsets @ direction[:, 0]) / pixel_spacing[1]
-    along_cols = np.abs(offsets @ direction[:, 1]) / pixel_spacing[0]
-    worst = float(max(along_rows.max(), along_cols.max()))
-    if worst > IN_PLANE_SHIFT_TOLERANCE_PIXELS:
-        raise SeriesError(
-            f"slice positions drift {worst:.1f} pixels in-plane (gantry tilt or sheared stack); "
-            "only orthogonal stacks are supported"
+    except StackError as exc:
+        raise SeriesError(str(exc)) from exc
+    if stack.dropped:
+        logger.warning(
+            "dropped %d slice(s) repeating a position (kept the lowest instance numbers)",
+            len(stack.dropped),
         )
+    return stack
 
 
 def _decode_hu(images: list[Dataset], rows: int, cols: int) -> npt.NDArray[np.float32]:

@@ -8,6 +8,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from dicomnode.contracts import EventKind
 from dicomnode.db.models import Export, ExportState, Job, ResultObject, utcnow
 from dicomnode.db.records import add_event
 
@@ -66,7 +67,7 @@ class ExportLog:
             study_id, job_id = self._study_of(session, export)
             obj = session.get_one(ResultObject, export.result_object_id)
             add_event(
-                session, study_id, "exported",
+                session, study_id, EventKind.EXPORTED,
                 f"{obj.kind} {obj.sop_instance_uid} to {export.destination}", job_id=job_id,
             )
 
@@ -85,7 +86,7 @@ class ExportLog:
             if export.attempts >= max_attempts:
                 export.state = ExportState.FAILED
                 add_event(
-                    session, study_id, "export-failed",
+                    session, study_id, EventKind.EXPORT_FAILED,
                     f"to {export.destination} after {export.attempts} attempts: {error[:300]}",
                     job_id=job_id,
                 )
@@ -93,7 +94,7 @@ class ExportLog:
                 delay = min(backoff_max_s, backoff_initial_s * 2 ** (export.attempts - 1))
                 export.next_attempt_at = now + timedelta(seconds=delay)
                 add_event(
-                    session, study_id, "export-retry",
+                    session, study_id, EventKind.EXPORT_RETRY,
                     f"to {export.destination}, attempt {export.attempts} failed "
                     f"({error[:200]}); next in {delay:.0f} s",
                     job_id=job_id,
@@ -116,7 +117,7 @@ class ExportLog:
             for export in exports:
                 _requeue(export, now)
             study_id, _ = self._study_of(session, exports[0])
-            add_event(session, study_id, "export-requeued",
+            add_event(session, study_id, EventKind.EXPORT_REQUEUED,
                       f"{len(exports)} to {destination} by operator", job_id=job_id)
             return len(exports)
 
@@ -126,7 +127,7 @@ class ExportLog:
             export = session.get_one(Export, export_id)
             _requeue(export, utcnow())
             study_id, job_id = self._study_of(session, export)
-            add_event(session, study_id, "export-requeued", "by operator", job_id=job_id)
+            add_event(session, study_id, EventKind.EXPORT_REQUEUED, "by operator", job_id=job_id)
 
 
 def _requeue(export: Export, now: datetime) -> None:

@@ -1,4 +1,5 @@
-"""The job queue: claim with a lease, heartbeat, complete, fail. The worker never sees SQL.
+"""The job queue: claim with a lease, heartbeat, complete, fail, requeue. The worker never sees
+SQL.
 
 A claim is one conditional UPDATE (``WHERE id = ? AND (queued OR lease expired)``), so two
 workers cannot both win a job on SQLite or PostgreSQL. A job whose worker died keeps an
@@ -17,6 +18,7 @@ from pydicom.uid import generate_uid
 from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from dicomnode.contracts import EventKind, PriorReport, ResultFile, ResultKind
 from dicomnode.db.models import (
     Export,
     ExportState,
@@ -44,23 +46,6 @@ class JobTicket:
     attempt: int
     uid_root: str
     files: tuple[str, ...]  # relative to the data directory, in receive order
-
-
-@dataclass(frozen=True)
-class PriorSR:
-    study_instance_uid: str
-    series_instance_uid: str
-    sop_instance_uid: str
-    sop_class_uid: str
-
-
-@dataclass(frozen=True)
-class NewResult:
-    kind: str
-    sop_class_uid: str
-    sop_instance_uid: str
-    series_instance_uid: str
-    path: str  # relative to the data directory
 
 
 class JobQueue:
@@ -102,7 +87,7 @@ class JobQueue:
                     job.finished_at = now
                     job.error = job.error or "worker stopped during every attempt"
                     add_event(
-                        session, job.study_id, "job-failed",
+                        session, job.study_id, EventKind.JOB_FAILED,
                         f"gave up after {job.attempts - 1} attempts: {job.error}", job_id=job.id,
                     )
                     log.error("job %d failed for good: %s", job.id, job.error)
@@ -119,7 +104,7 @@ class JobQueue:
                     )
                 )
                 add_event(
-                    session, job.study_id, "job-started",
+                    session, job.study_id, EventKind.JOB_STARTED,
                     f"attempt {job.attempts} by {owner}", job_id=job.id,
                 )
                 return JobTicket(
@@ -144,7 +129,7 @@ class JobQueue:
             )
             return result.rowcount == 1  # type: ignore[attr-defined]
 
-    def prior_reports(self, study_id: int, before_job_id: int) -> list[PriorSR]:
+    def prior_reports(self, study_id: int, before_job_id: int) -> list[PriorReport]:
         """SRs of earlier finished jobs of the study, newest first (predecessor documents)."""
         with self._sessions() as session:
             rows = session.execute(
@@ -152,11 +137,11 @@ class JobQueue:
                 .join(Job, ResultObject.job_id == Job.id)
                 .join(Study, Job.study_id == Study.id)
                 .where(Job.study_id == study_id, Job.id < before_job_id)
-                .where(Job.state == JobState.DONE, ResultObject.kind == "SR")
+                .where(Job.state == JobState.DONE, ResultObject.kind == ResultKind.SR)
                 .order_by(Job.id.desc())
             )
             return [
-                PriorSR(study_uid, r.series_instance_uid, r.sop_instance_uid, r.sop_class_uid)
+                PriorReport(study_uid, r.series_instance_uid, r.sop_instance_uid, r.sop_class_uid)
                 for r, study_uid in rows
             ]
 
@@ -164,7 +149,7 @@ class JobQueue:
         self,
         job_id: int,
         owner: str,
-        results: Sequence[NewResult],
+        results: Sequence[ResultFile],  # paths relative to the data directory
         summary: dict[str, Any],
         destinations: Iterable[tuple[str, Sequence[str]]],
     ) -> bool:
@@ -189,15 +174,15 @@ class JobQueue:
                 if obj is None:  # first run; a re-run reuses the rows of the same UIDs
                     obj = ResultObject(
                         job_id=job_id,
-                        kind=res.kind,
+                        kind=str(res.kind),
                         sop_class_uid=res.sop_class_uid,
                         sop_instance_uid=res.sop_instance_uid,
                         series_instance_uid=res.series_instance_uid,
-                        path=res.path,
+                        path=res.path.as_posix(),
                     )
                     session.add(obj)
                     session.flush()
-                obj.path = res.path
+                obj.path = res.path.as_posix()
                 existing = {
                     e.destination: e
                     for e in session.scalars(
@@ -220,7 +205,7 @@ class JobQueue:
             job.lease_expires_at = None
             job.error = ""
             add_event(
-                session, job.study_id, "job-done",
+                session, job.study_id, EventKind.JOB_DONE,
                 f"{len(results)} result objects written", job_id=job_id,
             )
         return True
@@ -239,17 +224,29 @@ class JobQueue:
             if not again:
                 job.finished_at = now
             add_event(
-                session, job.study_id, "job-retry" if again else "job-failed",
+                session, job.study_id, EventKind.JOB_RETRY if again else EventKind.JOB_FAILED,
                 f"attempt {job.attempts}: {error[:500]}", job_id=job_id,
             )
             return job.state
 
-    def requeue(self, job_id: int) -> None:
-        """Operator action: run a failed or finished job again (same UIDs, same objects)."""
-        with self._sessions() as session, session.begin():
-            job = session.get_one(Job, job_id)
-            job.state = JobState.QUEUED
-            job.attempts = 0
-            job.error = ""
-            add_event(session, job.study_id, "job-requeued", "by operator", job_id=job_id)
+    def requeue(self, job_id: int) -> bool:
+        """Operator action: run a job again (same UIDs, same objects); the one entry point of
+        the CLI and the web.
 
+        Refused (False) while a worker holds the job: the guard is the ``WHERE`` of one UPDATE,
+        so a claim between a check and the write cannot slip through and no job runs twice.
+        LookupError when there is no such job.
+        """
+        with self._sessions() as session, session.begin():
+            done = session.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.state != JobState.RUNNING)
+                .values(state=JobState.QUEUED, attempts=0, error="")
+            )
+            study_id = session.scalar(select(Job.study_id).where(Job.id == job_id))
+            if study_id is None:
+                raise LookupError(f"job {job_id} not found")
+            if done.rowcount != 1:  # type: ignore[attr-defined]
+                return False
+            add_event(session, study_id, EventKind.JOB_REQUEUED, "by operator", job_id=job_id)
+        return True

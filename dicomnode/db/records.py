@@ -9,6 +9,7 @@ from sqlalchemy import Engine, bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from dicomnode.contracts import EventKind
 from dicomnode.db.models import Event, Instance, Series, SeriesState, Study, utcnow
 
 
@@ -41,9 +42,13 @@ class InstanceRecord:
 
 
 def add_event(
-    session: Session, study_id: int | None, kind: str, message: str = "", job_id: int | None = None
+    session: Session,
+    study_id: int | None,
+    kind: EventKind,
+    message: str = "",
+    job_id: int | None = None,
 ) -> None:
-    session.add(Event(study_id=study_id, job_id=job_id, kind=kind, message=message))
+    session.add(Event(study_id=study_id, job_id=job_id, kind=kind.value, message=message))
 
 
 _INSTANCE_COLUMNS = frozenset(c.key for c in Instance.__table__.columns) - {"id"}
@@ -133,7 +138,7 @@ class InstanceRecorder:
             )
             session.add(study)
             session.flush()
-            add_event(session, study.id, "study-received", f"from {rec.calling_ae_title}")
+            add_event(session, study.id, EventKind.STUDY_RECEIVED, f"from {rec.calling_ae_title}")
         series = session.scalar(
             select(Series).where(Series.series_instance_uid == rec.series_instance_uid)
         )
@@ -151,7 +156,7 @@ class InstanceRecorder:
             add_event(
                 session,
                 study.id,
-                "series-received",
+                EventKind.SERIES_RECEIVED,
                 f"series {rec.series_instance_uid} ({rec.modality or 'no modality'})",
             )
         return study.id, series.id

@@ -8,6 +8,7 @@ from datetime import datetime
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
+from dicomnode.contracts import EventKind
 from dicomnode.db.models import Instance, Job, Series, SeriesState, Study
 from dicomnode.db.records import add_event
 from dicomnode.jobs.selection import InstanceGeometry, SeriesCandidate
@@ -94,6 +95,6 @@ def enqueue_job(
     )
     session.add(job)
     session.flush()
-    add_event(session, study_id, "job-queued", f"{instance_count} instances", job_id=job.id)
+    add_event(session, study_id, EventKind.JOB_QUEUED, f"{instance_count} instances", job_id=job.id)
     return job.id
 

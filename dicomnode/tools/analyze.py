@@ -17,8 +17,9 @@ from pydicom.errors import InvalidDicomError
 from pydicom.uid import generate_uid
 
 from dicomnode.config import Settings, pipeline_options
+from dicomnode.contracts import ProcessRequest
 from dicomnode.errors import DicomNodeError
-from dicomnode.jobs.processing import ProcessRequest, load_processor
+from dicomnode.jobs.processing import load_processor
 from dicomnode.jobs.selection import InstanceGeometry, SeriesCandidate, choose_series
 from dicomnode.receiving.headers import instance_record, text_value
 from dicomnode.tools.send import dicom_files

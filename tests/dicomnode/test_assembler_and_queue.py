@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from dataclasses import replace
 from datetime import timedelta
+from pathlib import Path
 
 from pydicom.uid import generate_uid
 from sqlalchemy import func, select
 
+from dicomnode.contracts import ResultFile, ResultKind
 from dicomnode.db.models import Event, Export, Job, JobState, Series, SeriesState, utcnow
-from dicomnode.db.queue import JobQueue, NewResult
+from dicomnode.db.queue import JobQueue
 from dicomnode.db.records import InstanceRecord, InstanceRecorder
 from dicomnode.jobs.assembler import Assembler
 
@@ -134,8 +136,10 @@ def test_complete_records_results_and_exports_per_destination(settings, sessions
     ticket = q.claim("w:1", 30)
     assert ticket is not None
     results = [
-        NewResult("SEG", "1.2.840.10008.5.1.4.1.1.66.4", "1.2.3.1", "1.2.3", "outbox/seg.dcm"),
-        NewResult("SR", "1.2.840.10008.5.1.4.1.1.88.34", "1.2.4.1", "1.2.4", "outbox/sr.dcm"),
+        ResultFile(Path("outbox/seg.dcm"), ResultKind.SEG, "1.2.840.10008.5.1.4.1.1.66.4",
+                   "1.2.3.1", "1.2.3"),
+        ResultFile(Path("outbox/sr.dcm"), ResultKind.SR, "1.2.840.10008.5.1.4.1.1.88.34",
+                   "1.2.4.1", "1.2.4"),
     ]
     dests = [("pacs", ("SEG", "SR", "OVERLAY")), ("reporting", ("SR",))]
     assert q.complete(job_id, "w:1", results, {"ok": True}, dests)

@@ -12,12 +12,12 @@ import pytest
 from pydicom.sr.codedict import codes as dicom_codes
 from pydicom.uid import Comprehensive3DSRStorage, SegmentationStorage
 
+from dicomnode.contracts import PriorReport
 from pipeline.types import CTVolume, LungMask, StudyResult
 from pipeline.writers import codes
 from pipeline.writers.seg import write_seg
 from pipeline.writers.sr import (
     SR_SERIES_NUMBER,
-    PriorReport,
     build_sr,
     sr_uids,
     write_sr,

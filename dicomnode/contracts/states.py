@@ -1,0 +1,27 @@
+"""States of series, jobs and exports. The values are what the database stores: never change
+one without a migration."""
+
+from __future__ import annotations
+
+import enum
+
+
+class SeriesState(enum.StrEnum):
+    RECEIVING = "receiving"
+    COMPLETE = "complete"  # quiet period passed
+    SELECTED = "selected"  # chosen for analysis
+    SKIPPED = "skipped"  # not analysed; skip_reason says why
+
+
+class JobState(enum.StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+
+
+class ExportState(enum.StrEnum):
+    PENDING = "pending"
+    SENDING = "sending"
+    SENT = "sent"
+    FAILED = "failed"
