@@ -100,9 +100,9 @@ def _plain(value: Any) -> Any:
 
 
 def _print_study(session: Any, study_uid: str, as_json: bool) -> int:
-    from dicomnode.db import webqueries as wq
+    from dicomnode.db.queries.studies import study_detail
 
-    detail = wq.study_detail(session, study_uid)
+    detail = study_detail(session, study_uid)
     if detail is None:
         print(f"no study {study_uid}", file=sys.stderr)
         return 1
@@ -120,8 +120,11 @@ def _print_study(session: Any, study_uid: str, as_json: bool) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from dicomnode.db import webqueries as wq
     from dicomnode.db.engine import open_database
+    from dicomnode.db.queries.counts import totals
+    from dicomnode.db.queries.exports import failed_export_groups
+    from dicomnode.db.queries.jobs import list_jobs
+    from dicomnode.db.queries.studies import list_studies
 
     settings = _settings(args)
     _setup_logging("WARNING")
@@ -129,10 +132,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     with sessions() as session:
         if args.study:
             return _print_study(session, args.study, args.json)
-        counts = wq.totals(session)
-        studies = wq.list_studies(session, limit=args.limit)
-        jobs = wq.list_jobs(session, limit=args.limit)
-        failed = wq.failed_export_groups(session, limit=args.limit)
+        counts = totals(session)
+        studies = list_studies(session, limit=args.limit)
+        jobs = list_jobs(session, limit=args.limit)
+        failed = failed_export_groups(session, limit=args.limit)
     if args.json:
         print(json.dumps(
             {

@@ -13,9 +13,13 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, HTTPException, Query
 from sqlalchemy.orm import Session
 
-from dicomnode.db import webqueries as wq
 from dicomnode.db.exports import ExportLog
 from dicomnode.db.models import ExportState, JobState
+from dicomnode.db.queries.counts import totals
+from dicomnode.db.queries.exports import export_state, export_view, list_exports
+from dicomnode.db.queries.jobs import job_detail, job_state, list_jobs
+from dicomnode.db.queries.studies import list_studies, study_detail, study_timeline
+from dicomnode.db.queries.views import ExportView, JobView
 from dicomnode.db.queue import JobQueue
 from dicomnode.web.context import WebContext, get_ctx, get_session, release
 
@@ -50,16 +54,16 @@ class ActionRefusedError(Exception):
     """An operator action that does not apply to the object's current state."""
 
 
-def retry_export(ctx: WebContext, session: Session, export_id: int) -> wq.ExportView:
+def retry_export(ctx: WebContext, session: Session, export_id: int) -> ExportView:
     """Send a failed (or already sent) export again; refused while it is being sent."""
-    state = wq.export_state(session, export_id)
+    state = export_state(session, export_id)
     if state is None:
         raise LookupError(f"export {export_id} not found")
     if state == ExportState.SENDING:
         raise ActionRefusedError(f"export {export_id} is being sent right now")
     release(session)
     ExportLog(ctx.sessions).retry(export_id)
-    view = wq.export_view(session, export_id)
+    view = export_view(session, export_id)
     if view is None:
         raise LookupError(f"export {export_id} not found")
     return view
@@ -67,7 +71,7 @@ def retry_export(ctx: WebContext, session: Session, export_id: int) -> wq.Export
 
 def retry_job_exports(ctx: WebContext, session: Session, job_id: int, destination: str) -> int:
     """Send every failed export of a job to ``destination`` again; refused when none failed."""
-    if wq.job_state(session, job_id) is None:
+    if job_state(session, job_id) is None:
         raise LookupError(f"job {job_id} not found")
     release(session)
     count = ExportLog(ctx.sessions).retry_failed(job_id, destination)
@@ -76,16 +80,16 @@ def retry_job_exports(ctx: WebContext, session: Session, job_id: int, destinatio
     return count
 
 
-def requeue_job(ctx: WebContext, session: Session, job_id: int) -> wq.JobView:
+def requeue_job(ctx: WebContext, session: Session, job_id: int) -> JobView:
     """Run a failed or finished job again; refused while a worker holds it."""
-    state = wq.job_state(session, job_id)
+    state = job_state(session, job_id)
     if state is None:
         raise LookupError(f"job {job_id} not found")
     if state == JobState.RUNNING:
         raise ActionRefusedError(f"job {job_id} is running")
     release(session)
     JobQueue(ctx.sessions, max_attempts=ctx.settings.worker.max_attempts).requeue(job_id)
-    view = wq.job_detail(session, job_id)
+    view = job_detail(session, job_id)
     if view is None:
         raise LookupError(f"job {job_id} not found")
     return view
@@ -94,20 +98,20 @@ def requeue_job(ctx: WebContext, session: Session, job_id: int) -> wq.JobView:
 @router.get("/counts")
 def counts(session: SessionDep) -> dict[str, Any]:
     """Studies, series, instances; jobs and exports by state."""
-    return wq.totals(session)
+    return totals(session)
 
 
 @router.get("/studies")
 def studies(session: SessionDep, limit: Limit = 50, offset: Offset = 0) -> dict[str, Any]:
     """Studies, most recently received first, with their status and export counts."""
-    rows = wq.list_studies(session, limit=limit, offset=offset)
+    rows = list_studies(session, limit=limit, offset=offset)
     return {"limit": limit, "offset": offset, "studies": plain(rows)}
 
 
 @router.get("/studies/{study_uid}")
 def study(study_uid: str, session: SessionDep) -> dict[str, Any]:
     """One study: summary, series with skip reasons, jobs with results and exports, timeline."""
-    detail = wq.study_detail(session, study_uid)
+    detail = study_detail(session, study_uid)
     if detail is None:
         raise HTTPException(status_code=404, detail="study not found")
     return plain(detail)
@@ -116,7 +120,7 @@ def study(study_uid: str, session: SessionDep) -> dict[str, Any]:
 @router.get("/studies/{study_uid}/timeline")
 def timeline(study_uid: str, session: SessionDep) -> dict[str, Any]:
     """The study's events, oldest first: received, complete, job, each export."""
-    events = wq.study_timeline(session, study_uid)
+    events = study_timeline(session, study_uid)
     if events is None:
         raise HTTPException(status_code=404, detail="study not found")
     return {"study_instance_uid": study_uid, "events": plain(events)}
@@ -127,13 +131,13 @@ def jobs(
     session: SessionDep, state: JobState | None = None, limit: Limit = 50, offset: Offset = 0
 ) -> dict[str, Any]:
     """Jobs, newest first: state, attempts, error, result objects and their exports."""
-    rows = wq.list_jobs(session, state=state, limit=limit, offset=offset)
+    rows = list_jobs(session, state=state, limit=limit, offset=offset)
     return {"limit": limit, "offset": offset, "jobs": plain(rows)}
 
 
 @router.get("/jobs/{job_id}")
 def job(job_id: int, session: SessionDep) -> dict[str, Any]:
-    view = wq.job_detail(session, job_id)
+    view = job_detail(session, job_id)
     if view is None:
         raise HTTPException(status_code=404, detail="job not found")
     return plain(view)
@@ -147,7 +151,7 @@ def exports(
     offset: Offset = 0,
 ) -> dict[str, Any]:
     """Exports, newest first: state, attempts, last DIMSE status and error; ``?state=failed``."""
-    rows = wq.list_exports(session, states=state or (), limit=limit, offset=offset)
+    rows = list_exports(session, states=state or (), limit=limit, offset=offset)
     return {"limit": limit, "offset": offset, "exports": plain(rows)}
 
 

@@ -22,8 +22,8 @@ from fastapi.responses import Response
 from sqlalchemy.orm import Session
 
 from dicomnode import __version__
-from dicomnode.db import webqueries as wq
 from dicomnode.db.models import utcnow
+from dicomnode.db.queries import counts as count_queries
 from dicomnode.web.context import get_ctx, get_session
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -68,7 +68,7 @@ class JobTimings:
     def update(self, session: Session) -> None:
         with self._lock:
             while True:
-                rows = wq.jobs_finished_since(session, self._watermark)
+                rows = count_queries.jobs_finished_since(session, self._watermark)
                 fresh = [r for r in rows if not self._seen(r)]
                 for row in fresh:
                     self._observe(row)
@@ -79,10 +79,10 @@ class JobTimings:
                 if not fresh:
                     return
 
-    def _seen(self, row: wq.FinishedJob) -> bool:
+    def _seen(self, row: count_queries.FinishedJob) -> bool:
         return row.finished_at == self._watermark and row.job_id in self._seen_at_watermark
 
-    def _observe(self, row: wq.FinishedJob) -> None:
+    def _observe(self, row: count_queries.FinishedJob) -> None:
         if row.started_at is not None:
             self.jobs.observe(max(0.0, (row.finished_at - row.started_at).total_seconds()))
         timings = (row.summary or {}).get("timings_s") or {}
@@ -167,8 +167,8 @@ def _epoch_s(value: datetime) -> float:
 
 def render(session: Session, timings: JobTimings, receiver_up: bool | None) -> str:
     """The whole exposition for one scrape."""
-    totals = wq.totals(session)
-    events = wq.event_counts(session, EXPORT_ATTEMPT_FAILURE_EVENTS + JOB_EVENTS)
+    totals = count_queries.totals(session)
+    events = count_queries.event_counts(session, EXPORT_ATTEMPT_FAILURE_EVENTS + JOB_EVENTS)
     timings.update(session)
     out = Exposition()
     out.family("dicomnode_info", "gauge", "The node's software version.")
@@ -192,11 +192,11 @@ def render(session: Session, timings: JobTimings, receiver_up: bool | None) -> s
                "Jobs that failed for good.", events["job-failed"])
     out.simple("dicomnode_job_retries_total", "counter",
                "Job attempts that failed and were queued again.", events["job-retry"])
-    oldest = wq.oldest_queued_job_created_at(session)
+    oldest = count_queries.oldest_queued_job_created_at(session)
     out.simple("dicomnode_oldest_queued_job_age_seconds", "gauge",
                "Age of the oldest queued job (0 when none waits).",
                max(0.0, (utcnow() - oldest).total_seconds()) if oldest else 0)
-    last = wq.last_instance_received_at(session)
+    last = count_queries.last_instance_received_at(session)
     if last is not None:
         out.simple("dicomnode_last_instance_received_timestamp_seconds", "gauge",
                    "When the newest instance was received (Unix time).", _epoch_s(last))

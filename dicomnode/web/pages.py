@@ -20,8 +20,11 @@ from fastapi.templating import Jinja2Templates
 from sqlalchemy.orm import Session
 
 from dicomnode import __version__
-from dicomnode.db import webqueries as wq
 from dicomnode.db.models import utcnow
+from dicomnode.db.queries.counts import totals
+from dicomnode.db.queries.exports import failed_export_groups
+from dicomnode.db.queries.jobs import list_jobs
+from dicomnode.db.queries.studies import list_studies, study_detail
 from dicomnode.web.api import ActionRefusedError, requeue_job, retry_export, retry_job_exports
 from dicomnode.web.auth import COOKIE_NAME, local_target
 from dicomnode.web.context import WebContext, get_ctx, get_session, release
@@ -129,12 +132,12 @@ def dashboard(
 ) -> Response:
     """Totals, failed exports, recent studies and jobs."""
     context = {
-        "totals": wq.totals(session),
-        "studies": wq.list_studies(session, limit=STUDIES_PER_PAGE, offset=offset),
+        "totals": totals(session),
+        "studies": list_studies(session, limit=STUDIES_PER_PAGE, offset=offset),
         "offset": offset,
         "page_size": STUDIES_PER_PAGE,
-        "jobs": wq.list_jobs(session, limit=JOBS_ON_DASHBOARD),
-        "failed_exports": wq.failed_export_groups(session, limit=FAILED_EXPORTS_SHOWN),
+        "jobs": list_jobs(session, limit=JOBS_ON_DASHBOARD),
+        "failed_exports": failed_export_groups(session, limit=FAILED_EXPORTS_SHOWN),
     }
     release(session)
     return _render(request, "dashboard.html", context)
@@ -143,7 +146,7 @@ def dashboard(
 @router.get("/node/studies/{study_uid}", response_class=HTMLResponse)
 def study_page(study_uid: str, request: Request, session: SessionDep) -> Response:
     """One study: timeline, series with skip reasons, jobs, result objects, exports."""
-    detail = wq.study_detail(session, study_uid)
+    detail = study_detail(session, study_uid)
     release(session)
     if detail is None:
         return _render(request, "not_found.html", {"what": f"study {study_uid}"}, status=404)

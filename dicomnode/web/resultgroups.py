@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from dicomnode.db.models import ExportState
-from dicomnode.db.webqueries import ExportView, ResultView
+from dicomnode.db.queries.views import ExportView, ResultView
 
 # listed object by object
 ATTENTION_STATES = (ExportState.FAILED.value, ExportState.PENDING.value, ExportState.SENDING.value)

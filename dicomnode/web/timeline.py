@@ -13,7 +13,7 @@ from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime
 
-from dicomnode.db.webqueries import EventView
+from dicomnode.db.queries.views import EventView
 
 FOLD_MIN = 3  # runs of at least this many like events are folded
 _OBJECT_TO_DESTINATION = re.compile(r"^(?P<kind>\S+) \S+ to (?P<destination>.+)$")

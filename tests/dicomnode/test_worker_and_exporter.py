@@ -165,7 +165,7 @@ def test_destination_down_then_up_delivers(settings, sessions, storage, queued_j
 
 
 def test_refusals_end_in_a_visible_failed_state(settings, sessions, storage, queued_job) -> None:
-    from dicomnode.db import webqueries as wq
+    from dicomnode.db.queries.exports import list_exports
 
     pacs = FakePacs(statuses=[0xA700, 0xA700, 0xA700])
     try:
@@ -174,7 +174,7 @@ def test_refusals_end_in_a_visible_failed_state(settings, sessions, storage, que
         for _ in range(3):
             exporter.run_once()
         with sessions() as session:
-            (failed,) = wq.list_exports(session, states=[ExportState.FAILED])
+            (failed,) = list_exports(session, states=[ExportState.FAILED])
         assert failed.attempts == 3 and failed.last_status == 0xA700
         assert "0xA700" in failed.last_error
         ExportLog(sessions).retry(failed.export_id)  # the operator's retry

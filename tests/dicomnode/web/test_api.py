@@ -112,7 +112,7 @@ def test_retry_endpoint_makes_a_failed_export_pending(fresh_state: NodeState) ->
 def test_failed_exports_group_by_job_and_destination_and_retry_together(
     fresh_state: NodeState,
 ) -> None:
-    from dicomnode.db.webqueries import failed_export_groups
+    from dicomnode.db.queries.exports import failed_export_groups
 
     with fresh_state.sessions() as s, s.begin():
         for export in s.scalars(select(Export)):

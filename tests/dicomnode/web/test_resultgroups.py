@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from dicomnode.db.webqueries import ExportView, ResultView
+from dicomnode.db.queries.views import ExportView, ResultView
 from dicomnode.web.resultgroups import group_results
 
 T0 = datetime(2026, 11, 22, 3, 0, 0)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from dicomnode.db.webqueries import EventView
+from dicomnode.db.queries.views import EventView
 from dicomnode.web.timeline import fold_events
 
 T0 = datetime(2026, 11, 22, 4, 52, 0)
