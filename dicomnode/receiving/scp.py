@@ -19,6 +19,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from dicomnode.config import NodeSettings
 from dicomnode.db.records import InstanceRecorder
+from dicomnode.errors import ConfigError
 from dicomnode.receiving.admission import AdmissionRules, log_rejection
 from dicomnode.receiving.handlers import handle_echo, handle_store
 from dicomnode.receiving.messages import install_lenient_uid_validator
@@ -127,6 +128,28 @@ def tls_context(settings: NodeSettings) -> ssl.SSLContext | None:
         ctx.load_verify_locations(cafile=str(settings.tls_ca))
         ctx.verify_mode = ssl.CERT_REQUIRED
     return ctx
+
+
+def preflight(settings: NodeSettings) -> None:
+    """Fail with one clear line, before anything is created, if the receiver cannot start:
+    an unreadable TLS certificate or key, or a DICOM port that is taken or not ours to bind."""
+    try:
+        tls_context(settings)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(
+            f"cannot use the TLS certificate {settings.tls_cert} / key {settings.tls_key}: "
+            f"{exc.strerror or exc}"
+        ) from None
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((settings.host, settings.port))
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}"
+                " (is another DICOM node running there?)"
+            ) from None
 
 
 def start_receiver(
