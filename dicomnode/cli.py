@@ -203,10 +203,22 @@ def cmd_send(args: argparse.Namespace) -> int:
     from dicomnode.tools.send import send_files
 
     _setup_logging("INFO" if args.verbose else "WARNING")
-    report = send_files(args.paths, args.host, args.port, args.aet, args.calling_aet)
+    if not args.verbose:  # network failures are summarised below, not shown as tracebacks
+        logging.getLogger("pynetdicom").setLevel(logging.CRITICAL)
+    report = send_files(args.paths, args.host, args.port, args.aet, args.calling_aet,
+                        fix_uids=args.fix_uids)
     print(f"sent {report.sent}, failed {report.failed}, not DICOM {report.not_dicom}")
     for code, n in sorted(report.statuses.items()):
-        print(f"  status 0x{code:04X}: {n}")
+        print(f"  refused with 0x{code:04X}: {n} ({report.comments.get(code) or 'no comment'})")
+    if report.no_response:
+        print(f"  no response: {report.no_response}")
+    if report.not_sendable:
+        print(f"  not sendable as they are: {report.not_sendable}"
+              + ("" if args.fix_uids else " (try --fix-uids)"))
+    if report.stopped:
+        print(f"  stopped: {report.stopped}")
+    if not args.fix_uids and (report.statuses[0xC220] or report.statuses[0xC221]):
+        print("  malformed UIDs: --fix-uids sends repaired copies (files are not changed)")
     return 0 if report.failed == 0 else 1
 
 
@@ -303,6 +315,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=11112)
     p.add_argument("--aet", default="CHESTCT", help="called AE title")
     p.add_argument("--calling-aet", default="DICOMNODE-SCU")
+    p.add_argument("--fix-uids", action="store_true",
+                   help="replace missing or malformed UIDs with deterministic valid ones before "
+                        "sending (files on disk are not changed)")
     p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(func=cmd_send)
 

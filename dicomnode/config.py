@@ -42,7 +42,7 @@ class NodeSettings:
     acse_timeout_s: float = 30.0
     dimse_timeout_s: float = 60.0
     network_timeout_s: float = 60.0
-    maximum_pdu_size: int = 0  # 0: unlimited
+    maximum_pdu_size: int = 0  # 0: 4 MiB (receiving.scp.DEFAULT_MAX_PDU_BYTES)
     min_free_disk_mb: int = 512
     fsync: bool = True
     fsync_directories: bool = False  # also fsync folders: durable on non-journaling filesystems
@@ -50,6 +50,11 @@ class NodeSettings:
     tls_key: Path | None = None
     tls_ca: Path | None = None  # when set, clients must present a certificate signed by it
     log_level: str = "INFO"
+    # Receiver limits (issue 9): bounded input, no stalls.
+    max_instance_mb: int = 1024  # largest data set accepted (inflated size for deflate)
+    association_request_timeout_s: float = 5.0  # TLS handshake + A-ASSOCIATE-RQ must arrive by then
+    max_associations_per_peer: int = 8  # established associations from one address
+    max_pending_connections: int = 64  # connections still negotiating; more are closed at once
 
 
 @dataclass(frozen=True)
@@ -298,6 +303,11 @@ def _validate(s: Settings) -> None:
         raise ConfigError("[node] workers must be >= 0")
     if s.node.quiet_period_s <= 0:
         raise ConfigError("[node] quiet_period_s must be > 0")
+    if s.node.max_instance_mb < 1 or s.node.max_associations_per_peer < 1:
+        raise ConfigError("[node] max_instance_mb and max_associations_per_peer must be >= 1")
+    if s.node.association_request_timeout_s <= 0 or s.node.max_pending_connections < 1:
+        raise ConfigError("[node] association_request_timeout_s and max_pending_connections "
+                          "must be > 0")
     if (s.node.tls_cert is None) != (s.node.tls_key is None):
         raise ConfigError("[node] tls_cert and tls_key must be given together")
     if s.pipeline.classifier not in ("decovnet", "cnn-bert", "none"):

@@ -23,7 +23,7 @@ from dicomnode.db.records import InstanceRecorder
 from dicomnode.delivering.exporter import Exporter
 from dicomnode.jobs.assembler import Assembler
 from dicomnode.receiving.recovery import reindex_spool
-from dicomnode.receiving.scp import start_receiver
+from dicomnode.receiving.scp import preflight, start_receiver
 from dicomnode.receiving.storage import Storage
 
 log = logging.getLogger(__name__)
@@ -85,6 +85,7 @@ class Node:
 
     def start(self) -> None:
         s = self.settings
+        preflight(s.node)  # a busy port or unreadable certificate: one line, nothing created
         storage = Storage(
             s.node.data_dir,
             fsync=s.node.fsync,

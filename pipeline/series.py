@@ -36,6 +36,8 @@ ORIENTATION_TOLERANCE = 1e-3  # allowed difference of direction cosines between 
 DUPLICATE_POSITION_TOLERANCE_MM = 1e-3  # slices closer than this along the normal are duplicates
 IN_PLANE_SHIFT_TOLERANCE_PIXELS = 0.5  # allowed in-plane drift of ImagePositionPatient
 PIXEL_SPACING_TOLERANCE_MM = 1e-3
+MAX_MATRIX = 4096  # a CT slice is 512 x 512; larger matrices are refused before any allocation
+MAX_VOXELS = 2**31  # 8 GiB of float32 HU: far past any chest CT
 # Used for repaired UIDs: a constant root so the same broken input always gets the same UIDs.
 REPAIR_UID_ROOT = "urn:chest-ct-dicomnode:repaired-input"
 CT_SOP_CLASS_UIDS = frozenset({CTImageStorage})
@@ -231,6 +233,13 @@ def _sort_along_normal(
 def _check_matrix(images: list[Dataset]) -> tuple[int, int, tuple[float, float]]:
     first = images[0]
     rows, cols = int(first.Rows), int(first.Columns)
+    if not (0 < rows <= MAX_MATRIX and 0 < cols <= MAX_MATRIX) or (
+        len(images) * rows * cols > MAX_VOXELS
+    ):
+        raise SeriesError(
+            f"{len(images)} slices of {rows}x{cols} exceed the supported size "
+            f"(matrix up to {MAX_MATRIX}, {MAX_VOXELS} voxels)"
+        )
     if "PixelSpacing" not in first:
         raise SeriesError("PixelSpacing is missing")
     spacing = (float(first.PixelSpacing[0]), float(first.PixelSpacing[1]))

@@ -46,8 +46,29 @@ def add_event(
     session.add(Event(study_id=study_id, job_id=job_id, kind=kind, message=message))
 
 
+@dataclass(frozen=True)
+class StoredInstance:
+    """What the database holds about an instance already received (for duplicate checks)."""
+
+    study_id: int
+    study_instance_uid: str
+    series_instance_uid: str
+    sop_class_uid: str
+    transfer_syntax_uid: str
+    path: str
+
+
 _INSTANCE_COLUMNS = frozenset(c.key for c in Instance.__table__.columns) - {"id"}
 _FIND_INSTANCE = select(Instance.id).where(Instance.sop_instance_uid == bindparam("uid"))
+_STORED_INSTANCE = (
+    select(
+        Study.id, Study.study_instance_uid, Series.series_instance_uid, Instance.sop_class_uid,
+        Instance.transfer_syntax_uid, Instance.path,
+    )
+    .join(Series, Instance.series_id == Series.id)
+    .join(Study, Series.study_id == Study.id)
+    .where(Instance.sop_instance_uid == bindparam("uid"))
+)
 _INSERT_INSTANCE = insert(Instance).prefix_with("OR IGNORE", dialect="sqlite")
 _TOUCH_SERIES = (
     update(Series)
@@ -80,6 +101,16 @@ class InstanceRecorder:
         with self._reader.connect() as conn:
             found = conn.execute(_FIND_INSTANCE, {"uid": sop_instance_uid})
             return found.first() is not None
+
+    def stored(self, sop_instance_uid: str) -> StoredInstance | None:
+        with self._reader.connect() as conn:
+            row = conn.execute(_STORED_INSTANCE, {"uid": sop_instance_uid}).first()
+        return None if row is None else StoredInstance(*row)
+
+    def record_conflict(self, study_id: int, message: str) -> None:
+        """One 'instance-conflict' line in the study's event log (UIDs and AE titles only)."""
+        with self._sessions() as session, session.begin():
+            add_event(session, study_id, "instance-conflict", message)
 
     def known_paths(self) -> set[str]:
         with self._sessions() as session:
