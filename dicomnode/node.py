@@ -45,6 +45,7 @@ class WorkerSupervisor:
         cmd = [sys.executable, "-m", "dicomnode", "worker"]
         if self._config_path is not None:
             cmd += ["--config", str(self._config_path)]
+        cmd += ["--parent-pid", str(os.getpid())]  # the worker ends with this process
         proc = subprocess.Popen(cmd, env=os.environ.copy())
         log.info("started worker process %d", proc.pid)
         return proc

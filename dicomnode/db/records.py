@@ -6,8 +6,10 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 
 from sqlalchemy import Engine, bindparam, insert, select, update
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.sql.dml import ReturningInsert
 
 from dicomnode.db.models import Event, Instance, Series, SeriesState, Study, utcnow
 
@@ -48,7 +50,14 @@ def add_event(
 
 _INSTANCE_COLUMNS = frozenset(c.key for c in Instance.__table__.columns) - {"id"}
 _FIND_INSTANCE = select(Instance.id).where(Instance.sop_instance_uid == bindparam("uid"))
-_INSERT_INSTANCE = insert(Instance).prefix_with("OR IGNORE", dialect="sqlite")
+# A duplicate SOP Instance UID (two associations racing) inserts nothing, on either engine;
+# RETURNING tells whether a row went in (rowcount is -1 on PostgreSQL once RETURNING is used).
+_INSERT_INSTANCE: dict[str, ReturningInsert[tuple[int]]] = {
+    "sqlite": insert(Instance).prefix_with("OR IGNORE", dialect="sqlite").returning(Instance.id),
+    "postgresql": postgresql.insert(Instance)
+    .on_conflict_do_nothing(index_elements=["sop_instance_uid"])
+    .returning(Instance.id),
+}
 _TOUCH_SERIES = (
     update(Series)
     .where(Series.id == bindparam("sid"))
@@ -108,9 +117,9 @@ class InstanceRecorder:
             study_id, series_id = self._ids(session, rec, now)
             conn = session.connection()
             inserted = conn.execute(
-                _INSERT_INSTANCE, {"series_id": series_id, "received_at": now, **values}
+                _INSERT_INSTANCE.get(conn.dialect.name, _INSERT_INSTANCE["sqlite"]), {"series_id": series_id, "received_at": now, **values}
             )
-            if inserted.rowcount != 1:
+            if inserted.first() is None:
                 return False
             conn.execute(_TOUCH_SERIES, {"sid": series_id, "now": now})
             conn.execute(_TOUCH_STUDY, {"sid": study_id, "now": now})

@@ -11,6 +11,9 @@ from dicomnode.db.models import Event, Export, ExportState, Job, JobState
 from dicomnode.db.queue import JobQueue
 
 from .conftest import HIDDEN_NAME, NodeState, make_client
+from tests.dicomnode.conftest import both_backends
+
+pytestmark = both_backends
 
 
 def test_counts(client: TestClient) -> None:

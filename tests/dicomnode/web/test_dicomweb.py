@@ -15,6 +15,9 @@ from pydicom.uid import ExplicitVRLittleEndian, RLELossless
 from dicomnode.web.multipart import boundary_of, split_multipart
 
 from .conftest import NodeState
+from tests.dicomnode.conftest import both_backends
+
+pytestmark = both_backends
 
 DICOM_ANY = "multipart/related; type=application/dicom; transfer-syntax=*"
 OHIF_FRAMES = "multipart/related; type=application/octet-stream; transfer-syntax=*"

@@ -14,6 +14,9 @@ from dicomnode.db.queue import JobQueue
 from dicomnode.web.app import create_app
 
 from .conftest import STAGE_TIMINGS_S, NodeState, make_client
+from tests.dicomnode.conftest import both_backends
+
+pytestmark = both_backends
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,9 @@ from dicomnode.db.models import Export, ExportState, Series
 from dicomnode.web import pages
 
 from .conftest import HIDDEN_NAME, NodeState, make_client
+from tests.dicomnode.conftest import both_backends
+
+pytestmark = both_backends
 
 
 def test_dashboard_shows_counts_studies_jobs_and_failed_exports(
