@@ -16,6 +16,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
 from dicomnode.db.engine import open_database
 from dicomnode.db.models import Base
 from dicomnode.db.records import InstanceRecorder

@@ -9,9 +9,9 @@ from sqlalchemy import select
 
 from dicomnode.db.models import Event, Export, ExportState, Job, JobState
 from dicomnode.db.queue import JobQueue
+from tests.dicomnode.conftest import both_backends
 
 from .conftest import HIDDEN_NAME, NodeState, make_client
-from tests.dicomnode.conftest import both_backends
 
 pytestmark = both_backends
 

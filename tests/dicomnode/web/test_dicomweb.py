@@ -13,9 +13,9 @@ from pydicom.encaps import generate_frames
 from pydicom.uid import ExplicitVRLittleEndian, RLELossless
 
 from dicomnode.web.multipart import boundary_of, split_multipart
+from tests.dicomnode.conftest import both_backends
 
 from .conftest import NodeState
-from tests.dicomnode.conftest import both_backends
 
 pytestmark = both_backends
 

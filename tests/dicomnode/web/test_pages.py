@@ -11,9 +11,9 @@ from sqlalchemy import update
 
 from dicomnode.db.models import Export, ExportState, Series
 from dicomnode.web import pages
+from tests.dicomnode.conftest import both_backends
 
 from .conftest import HIDDEN_NAME, NodeState, make_client
-from tests.dicomnode.conftest import both_backends
 
 pytestmark = both_backends
 
