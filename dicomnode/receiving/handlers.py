@@ -146,6 +146,7 @@ def _store_once(
             reason = _conflict(ds, stored, sop_class, transfer_syntax, storage)
             if not reason:
                 log.debug("instance %s already stored; acknowledged without rewriting", sop_uid)
+                recorder.resent(sop_uid)
                 return _status(StoreStatus.SUCCESS)
             recorder.record_conflict(
                 stored.study_id, f"instance {sop_uid} from {calling} refused: {reason}"
