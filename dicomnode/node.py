@@ -17,9 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from dicomnode.config import Settings
+from dicomnode.db.confirmations import ConfirmationLog
 from dicomnode.db.engine import open_database
 from dicomnode.db.exports import ExportLog
 from dicomnode.db.records import InstanceRecorder
+from dicomnode.delivering.commitment import CommitmentTracker
 from dicomnode.delivering.exporter import Exporter
 from dicomnode.jobs.assembler import Assembler
 from dicomnode.receiving.recovery import reindex_spool
@@ -95,7 +97,9 @@ class Node:
         _engine, sessions = open_database(s.database_url)
         recorder = InstanceRecorder(sessions)
         reindex_spool(storage, recorder)
-        self._server = start_receiver(s.node, storage, recorder)
+        commitments = CommitmentTracker()
+        self._server = start_receiver(s.node, storage, recorder,
+                                      commitment_reports=commitments.on_event_report)
         if s.web.enabled:
             from dicomnode.web.server import server_listening, start_web_server
 
@@ -107,6 +111,7 @@ class Node:
         exporter = Exporter(
             ExportLog(sessions), s.destinations, s.export,
             data_dir=storage.root, calling_ae_title=s.calling_ae_title,
+            confirmations=ConfirmationLog(sessions), commitments=commitments,
         )
         self._threads = [
             threading.Thread(
