@@ -17,7 +17,7 @@ from pathlib import Path
 
 from pydicom import dcmread
 from pydicom.filereader import read_file_meta_info
-from pynetdicom import AE
+from pynetdicom import AE, _config
 from pynetdicom.association import Association
 
 from dicomnode.config import Destination, ExportSettings
@@ -29,9 +29,12 @@ log = logging.getLogger(__name__)
 WARNING_STATUSES = frozenset({0x0001, 0xB000, 0xB006, 0xB007})  # stored, with a remark
 FALLBACK_TRANSFER_SYNTAXES = ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2")
 STORAGE_COMMITMENT_PUSH = "1.2.840.10008.1.20.1"
+VERIFICATION = "1.2.840.10008.1.1"
 REPLACEABLE_KINDS = frozenset({"SEG", "SR"})  # the overlay series can stand in for these
 MAX_CONTEXTS = 120
 _message_ids = itertools.count(1)
+# Stream files from disk in PDV-sized pieces instead of decoding and re-encoding each dataset.
+_config.STORE_SEND_CHUNKED_DATASET = True
 
 
 def next_message_id() -> int:
@@ -108,6 +111,9 @@ def store_batch(
         return outcome
     if destination.confirm in ("auto", "commitment"):
         contexts.append((STORAGE_COMMITMENT_PUSH, "1.2.840.10008.1.2.1"))
+    # Verification keeps the association up when the peer refuses every storage context, so
+    # refused SOP classes are told apart from a failed association.
+    contexts.append((VERIFICATION, "1.2.840.10008.1.2"))
     try:
         assoc = associate(destination, settings, calling_ae_title, contexts)
     except (OSError, ValueError, ssl.SSLError) as exc:
@@ -150,15 +156,17 @@ def _send_all(
 def _send_one(
     assoc: Association, ticket: ExportTicket, data_dir: Path, outcome: BatchOutcome
 ) -> bool:
-    """C-STORE one object; False when the association broke (abort or lost response)."""
+    """C-STORE one object; False when the association broke (abort or lost response).
+
+    The file is streamed as stored (no decoding and re-encoding) when the peer accepted its
+    transfer syntax; otherwise it is read and converted to an accepted one."""
+    path = data_dir / ticket.path
     try:
-        ds = dcmread(data_dir / ticket.path)
-    except (OSError, ValueError) as exc:
-        outcome.failed.append((ticket, None, f"cannot read result file: {exc}"))
-        return True
-    try:
-        status = assoc.send_c_store(ds, msg_id=next_message_id())
-    except (OSError, ValueError, RuntimeError) as exc:
+        try:
+            status = assoc.send_c_store(path, msg_id=next_message_id())
+        except ValueError:  # its own transfer syntax was not accepted: convert
+            status = assoc.send_c_store(dcmread(path), msg_id=next_message_id())
+    except (OSError, ValueError, AttributeError, RuntimeError) as exc:
         outcome.failed.append((ticket, None, f"send failed: {exc}"))
         return assoc.is_established
     code = getattr(status, "Status", None)
