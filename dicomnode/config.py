@@ -37,7 +37,7 @@ class NodeSettings:
     require_called_aet: bool = True
     quiet_period_s: float = 30.0
     max_wait_for_missing_s: float = 300.0
-    expected_counts_after_s: float = 3.0  # idle time before a [[sources]] PACS is asked for counts
+    expected_counts_after_s: float = 2.0  # idle time before a [[sources]] PACS is asked for counts
     workers: int = 1
     max_associations: int = 16
     acse_timeout_s: float = 30.0

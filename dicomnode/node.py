@@ -107,7 +107,10 @@ class Node:
                 s, sessions, storage, receiver_alive=lambda: server_listening(self._server)
             )
         assembler = Assembler(sessions, s)
-        interval = max(ASSEMBLER_MIN_INTERVAL_S, min(2.0, s.node.quiet_period_s / 4))
+        shortest = s.node.quiet_period_s
+        if s.sources:  # idle studies from a source PACS are checked sooner
+            shortest = min(shortest, s.node.expected_counts_after_s)
+        interval = max(ASSEMBLER_MIN_INTERVAL_S, min(2.0, shortest / 4))
         exporter = Exporter(
             ExportLog(sessions), s.destinations, s.export,
             data_dir=storage.root, calling_ae_title=s.calling_ae_title,
