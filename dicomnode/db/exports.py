@@ -124,7 +124,7 @@ class ExportLog:
             export = session.get_one(Export, export_id)
             export.state = ExportState.REFUSED
             export.attempts += 1
-            export.last_error = reason[:2000]
+            export.last_error = f"{reason}; the overlay series is sent instead"[:2000]
             obj = session.get_one(ResultObject, export.result_object_id)
             study_id, job_id = self._study_of(session, export)
             have = set(session.scalars(

@@ -176,3 +176,35 @@ def test_read_back_query_confirms_without_commitment(settings, sessions, storage
         messages = session.scalars(select(Event.message)
                                    .where(Event.kind == "export-committed")).all()
     assert messages and all("read-back query" in m for m in messages)
+
+
+@pytest.mark.slow
+def test_status_and_metrics_tell_sent_from_committed(tmp_path, settings, sessions, storage,
+                                                     queued_job, orthanc) -> None:
+    import subprocess
+    import sys
+
+    from dicomnode.web.metrics import JobTimings, render
+
+    add_results(sessions, storage.root, queued_job, ["SEG", "SR"], ["pacs"])
+    exporter = exporter_for(settings, sessions, storage, [pacs_destination(orthanc,
+                                                                           confirm="query")],
+                            confirm_after_s=30.0)
+    assert exporter.run_once() == 2  # sent; not yet confirmed
+    with sessions() as session:
+        sent_only = render(session, JobTimings(), None)
+    assert 'dicomnode_exports{state="sent"} 2' in sent_only
+    assert 'dicomnode_exports{state="committed"} 0' in sent_only
+    with sessions() as session, session.begin():
+        for export in session.scalars(select(Export)):
+            export.check_at = export.sent_at  # due now
+    exporter.run_once()
+    with sessions() as session:
+        committed = render(session, JobTimings(), None)
+    assert 'dicomnode_exports{state="committed"} 2' in committed
+    cfg = tmp_path / "node.toml"
+    cfg.write_text(f'[node]\ndata_dir = "{settings.node.data_dir}"\n')
+    status = subprocess.run([sys.executable, "-m", "dicomnode", "status", "--config", str(cfg)],
+                            capture_output=True, text=True, timeout=120)
+    assert "exports committed/sent/pending/failed" in status.stdout
+    assert " 2/0/0/0 " in status.stdout, status.stdout

@@ -105,3 +105,14 @@ def test_destination_refusing_seg_and_sr_gets_the_overlay(tmp_path, settings, se
             choices = session.scalars(select(Event.message)
                                       .where(Event.kind == "output-choice")).all()
         assert len(choices) == 2 and all("overlay" in m for m in choices)
+    # The study page's result groups list each refused object with the reason.
+    from dicomnode.db.webqueries import job_detail
+    from dicomnode.web.resultgroups import group_results
+
+    with sessions() as session:
+        job = job_detail(session, queued_job)
+    assert job is not None
+    tallies = [d for g in group_results(job.results) for d in g.destinations if g.kind == "SEG"]
+    assert tallies and dict(tallies[0].counts) == {"refused": 1}
+    ((_obj, export),) = tallies[0].attention
+    assert "not accepted" in export.last_error and "overlay series" in export.last_error
