@@ -164,11 +164,15 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"{st.study_instance_uid:<64}  {st.series_count:>6} {st.instance_count:>5}  "
               f"{st.status:<9}  {_fmt_time(st.last_received_at)}{skipped}")
     print(f"\nJobs ({len(jobs)} most recent)")
-    print(f"{'id':>5}  {'state':<8} {'tries':>5}  {'exports sent/pending/failed':<28} series")
+    print(f"{'id':>5}  {'state':<8} {'tries':>5}  {'exports committed/sent/pending/failed':<38} "
+          "series")
     for j in jobs:
         states = Counter(e.state for r in j.results for e in r.exports)
-        exports = f"{states['sent']}/{states['pending'] + states['sending']}/{states['failed']}"
-        print(f"{j.job_id:>5}  {j.state:<8} {j.attempts:>5}  {exports:<28} {j.series_instance_uid}")
+        exports = (f"{states['committed']}/{states['sent']}/"
+                   f"{states['pending'] + states['sending']}/{states['failed']}")
+        if states["refused"]:
+            exports += f" ({states['refused']} refused)"
+        print(f"{j.job_id:>5}  {j.state:<8} {j.attempts:>5}  {exports:<38} {j.series_instance_uid}")
         if j.error:
             print(f"       error: {j.error.splitlines()[0][:160]}")
     print(f"\nFailed exports ({sum(f.count for f in failed)})")

@@ -37,6 +37,7 @@ class NodeSettings:
     require_called_aet: bool = True
     quiet_period_s: float = 30.0
     max_wait_for_missing_s: float = 300.0
+    expected_counts_after_s: float = 2.0  # idle time before a [[sources]] PACS is asked for counts
     workers: int = 1
     max_associations: int = 16
     acse_timeout_s: float = 30.0
@@ -94,6 +95,12 @@ class ExportSettings:
     poll_interval_s: float = 0.5
     dimse_timeout_s: float = 30.0
     calling_ae_title: str = ""  # empty: the node's own AE title
+    instances_per_association: int = 200  # objects sent before an association is renewed
+    confirm_after_s: float = 1.0  # delay between sending and asking the PACS to confirm
+    commitment_timeout_s: float = 30.0  # wait for N-EVENT-REPORT, then read back by query
+    max_confirm_attempts: int = 5  # confirmations that cannot be had before 'failed'
+    verify_interval_s: float = 3600.0  # committed objects are checked again this often (0: never)
+    verify_for_s: float = 86400.0  # ... for this long after they were committed
 
 
 @dataclass(frozen=True)
@@ -127,13 +134,31 @@ class WebSettings:
 
 @dataclass(frozen=True)
 class Destination:
-    """A DICOM peer that receives result objects by C-STORE."""
+    """A peer that receives result objects: by C-STORE (type "dicom") or STOW-RS ("stow")."""
 
     name: str
     ae_title: str
     host: str
     port: int
     objects: tuple[str, ...] = RESULT_KINDS
+    type: str = "dicom"  # "dicom" (C-STORE) or "stow" (STOW-RS to url)
+    url: str = ""  # stow: the DICOMweb root, e.g. http://pacs:8042/dicom-web
+    max_associations: int = 2  # parallel associations (stow: parallel requests)
+    tls: bool = False  # DICOM TLS for outgoing associations
+    tls_cert: Path | None = None  # our client certificate, when the peer asks for one
+    tls_key: Path | None = None
+    tls_ca: Path | None = None  # CA that signed the peer's certificate; None: system CAs
+    confirm: str = "auto"  # "auto", "commitment", "query" or "none" (see config/node.toml)
+
+
+@dataclass(frozen=True)
+class Source:
+    """A PACS that sends studies to the node: its calling AE title and its query SCP."""
+
+    name: str
+    ae_title: str
+    host: str
+    port: int
 
 
 @dataclass(frozen=True)
@@ -145,6 +170,7 @@ class Settings:
     pipeline: PipelineSettings = field(default_factory=PipelineSettings)
     web: WebSettings = field(default_factory=WebSettings)
     destinations: tuple[Destination, ...] = ()
+    sources: tuple[Source, ...] = ()
 
     @property
     def database_url(self) -> str:
@@ -256,12 +282,57 @@ def _parse_destinations(raw: Any) -> tuple[Destination, ...]:
             host=str(item["host"]),
             port=int(item["port"]),
             objects=objects,
+            **_destination_options(str(item["name"]), item),
         )
         _check_ae(f"destination {dest.name} ae_title", dest.ae_title)
         result.append(dest)
     names = [d.name for d in result]
     if len(names) != len(set(names)):
         raise ConfigError("destination names must be unique")
+    return tuple(result)
+
+
+_DEST_OPTIONS = {f.name: f for f in fields(Destination)}
+_DEST_FIXED = {"name", "ae_title", "host", "port", "objects"}
+
+
+def _destination_options(name: str, item: Mapping[str, Any]) -> dict[str, Any]:
+    """The optional keys of a [[destinations]] table, typed and checked."""
+    unknown = set(item) - set(_DEST_OPTIONS)
+    if unknown:
+        raise ConfigError(f"destination {name}: unknown key(s) {sorted(unknown)}")
+    options = {
+        key: _coerce(f"destination {name} {key}", _DEST_OPTIONS[key].type, value)
+        for key, value in item.items() if key not in _DEST_FIXED
+    }
+    kind = options.get("type", "dicom")
+    if kind not in ("dicom", "stow"):
+        raise ConfigError(f"destination {name}: type must be 'dicom' or 'stow'")
+    if kind == "stow" and not str(options.get("url", "")).startswith(("http://", "https://")):
+        raise ConfigError(f"destination {name}: type 'stow' needs url = 'http(s)://...'")
+    if options.get("confirm", "auto") not in ("auto", "commitment", "query", "none"):
+        raise ConfigError(f"destination {name}: confirm must be auto, commitment, query or none")
+    if not 1 <= options.get("max_associations", 1) <= 16:
+        raise ConfigError(f"destination {name}: max_associations must be 1-16")
+    if (options.get("tls_cert") is None) != (options.get("tls_key") is None):
+        raise ConfigError(f"destination {name}: tls_cert and tls_key must be given together")
+    return options
+
+
+def _parse_sources(raw: Any) -> tuple[Source, ...]:
+    result = []
+    for item in raw or []:
+        if not isinstance(item, Mapping):
+            raise ConfigError("[[sources]] entries must be tables")
+        missing = {"name", "ae_title", "host", "port"} - set(item)
+        if missing or set(item) - {"name", "ae_title", "host", "port"}:
+            raise ConfigError("[[sources]] entry needs exactly name, ae_title, host, port")
+        source = Source(str(item["name"]), str(item["ae_title"]), str(item["host"]),
+                        _coerce(f"source {item['name']} port", "int", item["port"]))
+        _check_ae(f"source {source.name} ae_title", source.ae_title)
+        result.append(source)
+    if len({s.ae_title for s in result}) != len(result):
+        raise ConfigError("[[sources]] AE titles must be unique")
     return tuple(result)
 
 
@@ -283,7 +354,7 @@ def load_settings(path: Path | None = None, overrides: Mapping[str, Any] | None 
             raise ConfigError(f"configuration file not found: {path}") from exc
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: {exc}") from exc
-    unknown = set(raw) - set(_SECTIONS) - {"destinations"}
+    unknown = set(raw) - set(_SECTIONS) - {"destinations", "sources"}
     if unknown:
         raise ConfigError(f"unknown section(s) {sorted(unknown)}")
     merged: dict[str, dict[str, Any]] = {s: dict(raw.get(s, {})) for s in _SECTIONS}
@@ -293,7 +364,8 @@ def load_settings(path: Path | None = None, overrides: Mapping[str, Any] | None 
             raise ConfigError(f"bad override {dotted!r}")
         merged[section][key] = value
     sections = {name: _build_section(name, cls, merged[name]) for name, cls in _SECTIONS.items()}
-    settings = Settings(destinations=_parse_destinations(raw.get("destinations")), **sections)
+    settings = Settings(destinations=_parse_destinations(raw.get("destinations")),
+                        sources=_parse_sources(raw.get("sources")), **sections)
     _validate(settings)
     return settings
 

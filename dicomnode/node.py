@@ -17,9 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from dicomnode.config import Settings
+from dicomnode.db.confirmations import ConfirmationLog
 from dicomnode.db.engine import open_database
 from dicomnode.db.exports import ExportLog
 from dicomnode.db.records import InstanceRecorder
+from dicomnode.delivering.commitment import CommitmentTracker
 from dicomnode.delivering.exporter import Exporter
 from dicomnode.jobs.assembler import Assembler
 from dicomnode.receiving.recovery import reindex_spool
@@ -101,7 +103,9 @@ class Node:
         _engine, sessions = open_database(s.database_url)
         recorder = InstanceRecorder(sessions)
         reindex_spool(storage, recorder)
-        self._server = start_receiver(s.node, storage, recorder)
+        commitments = CommitmentTracker()
+        self._server = start_receiver(s.node, storage, recorder,
+                                      commitment_reports=commitments.on_event_report)
         if s.web.enabled:
             from dicomnode.web.server import server_listening, start_web_server
 
@@ -110,10 +114,14 @@ class Node:
                 workers_alive=self.supervisor.alive if s.node.workers > 0 else None,
             )
         assembler = Assembler(sessions, s)
-        interval = max(ASSEMBLER_MIN_INTERVAL_S, min(2.0, s.node.quiet_period_s / 4))
+        shortest = s.node.quiet_period_s
+        if s.sources:  # idle studies from a source PACS are checked sooner
+            shortest = min(shortest, s.node.expected_counts_after_s)
+        interval = max(ASSEMBLER_MIN_INTERVAL_S, min(2.0, shortest / 4))
         exporter = Exporter(
             ExportLog(sessions), s.destinations, s.export,
             data_dir=storage.root, calling_ae_title=s.calling_ae_title,
+            confirmations=ConfirmationLog(sessions), commitments=commitments,
         )
         self._threads = [
             threading.Thread(

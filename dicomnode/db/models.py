@@ -60,8 +60,10 @@ class JobState(enum.StrEnum):
 class ExportState(enum.StrEnum):
     PENDING = "pending"
     SENDING = "sending"
-    SENT = "sent"
+    SENT = "sent"  # the C-STORE/STOW response said success; not yet confirmed
+    COMMITTED = "committed"  # the PACS confirmed it holds the object (commitment or read-back)
     FAILED = "failed"
+    REFUSED = "refused"  # the destination does not take this SOP class; the overlay replaces it
 
 
 class Study(Base):
@@ -195,6 +197,10 @@ class Export(Base):
     last_status: Mapped[int | None] = mapped_column(Integer)
     last_error: Mapped[str] = mapped_column(Text, default="")
     sent_at: Mapped[datetime | None] = mapped_column(DateTime())
+    committed_at: Mapped[datetime | None] = mapped_column(DateTime())
+    # When the PACS is next asked whether it holds the object (sent: confirm; committed: verify).
+    check_at: Mapped[datetime | None] = mapped_column(DateTime())
+    confirm_attempts: Mapped[int] = mapped_column(Integer, default=0)
 
     result_object: Mapped[ResultObject] = relationship(back_populates="exports")
 

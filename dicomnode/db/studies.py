@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
 from dicomnode.db.models import Instance, Job, JobState, Series, SeriesState, Study
@@ -112,3 +113,37 @@ def requeue_failed(session: Session, job: Job) -> int:
         f"study re-sent after the job failed ({failed_after} attempts)", job_id=job.id,
     )
     return job.id
+
+
+def idle_studies_from(
+    session: Session, idle_since: datetime, ae_titles: Sequence[str]
+) -> list[tuple[int, str, str, datetime]]:
+    """Studies idle since ``idle_since`` and not evaluated since their newest instance, with
+    instances sent by one of ``ae_titles``: (id, study UID, calling AE title, last received)."""
+    if not ae_titles:
+        return []
+    rows = session.execute(
+        select(Study.id, Study.study_instance_uid, Instance.calling_ae_title,
+               Study.last_received_at)
+        .join(Series, Series.study_id == Study.id)
+        .join(Instance, Instance.series_id == Series.id)
+        .where(Study.last_received_at <= idle_since)
+        .where(or_(Study.evaluated_at.is_(None), Study.evaluated_at < Study.last_received_at))
+        .where(Instance.calling_ae_title.in_(ae_titles))
+        .distinct(),
+    )
+    seen: dict[int, tuple[int, str, str, datetime]] = {}
+    for study_id, uid, aet, last in rows:
+        seen.setdefault(study_id, (study_id, uid, aet, last))
+    return sorted(seen.values())
+
+
+def instance_counts(session: Session, study_id: int) -> dict[str, int]:
+    """Series Instance UID -> instances the node holds, for one study."""
+    rows = session.execute(
+        select(Series.series_instance_uid, func.count(Instance.id))
+        .join(Instance, Instance.series_id == Series.id)
+        .where(Series.study_id == study_id)
+        .group_by(Series.series_instance_uid)
+    )
+    return {uid: int(n) for uid, n in rows}

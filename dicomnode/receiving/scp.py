@@ -62,6 +62,9 @@ def set_tcp_nodelay(sock: socket.socket | None) -> None:
 DUL_POLL_INTERVAL_S = 0.0002
 
 
+STORAGE_COMMITMENT_PUSH = "1.2.840.10008.1.20.1"
+
+
 def _on_conn_open(event: Any) -> None:
     set_tcp_nodelay(getattr(event.assoc.dul.socket, "socket", None))
     dul = event.assoc.dul
@@ -153,9 +156,13 @@ def preflight(settings: NodeSettings) -> None:
 
 
 def start_receiver(
-    settings: NodeSettings, storage: Storage, recorder: InstanceRecorder
+    settings: NodeSettings, storage: Storage, recorder: InstanceRecorder,
+    commitment_reports: Any = None,
 ) -> ThreadedAssociationServer:
-    """Start listening in background threads; the caller stops it with ``server.shutdown()``."""
+    """Start listening in background threads; the caller stops it with ``server.shutdown()``.
+
+    ``commitment_reports``: an EVT_N_EVENT_REPORT handler; when given, the receiver also
+    accepts Storage Commitment reports (a PACS confirming the objects the exporter sent)."""
     ae = build_ae(settings)
     handlers: list[Any] = [
         (evt.EVT_CONN_OPEN, _on_conn_open),
@@ -171,6 +178,9 @@ def start_receiver(
     # pynetdicom's "standard" handlers narrate every PDU and message: costly and not logged.
     _config.LOG_HANDLER_LEVEL = "none"
     handlers.append((evt.EVT_REJECTED, _on_rejected))
+    if commitment_reports is not None:
+        ae.add_supported_context(STORAGE_COMMITMENT_PUSH, scu_role=True, scp_role=True)
+        handlers.append((evt.EVT_N_EVENT_REPORT, commitment_reports))
     server = make_server(
         ae, (settings.host, settings.port), ssl_context=tls_context(settings),
         handlers=handlers, rules=admission_rules(settings),
