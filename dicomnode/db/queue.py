@@ -68,17 +68,25 @@ class JobQueue:
         self._sessions = sessions
         self._max_attempts = max_attempts
 
-    def claim(self, owner: str, lease_s: float, now: datetime | None = None) -> JobTicket | None:
-        """Claim the oldest runnable job for ``owner``; None when there is nothing to do."""
+    def claim(
+        self, owner: str, lease_s: float, now: datetime | None = None, *, only: int | None = None
+    ) -> JobTicket | None:
+        """Claim the oldest runnable job for ``owner``; None when there is nothing to do.
+
+        With ``only``, claim that job id only (a remote performer claiming one workitem).
+        """
         now = now or utcnow()
         runnable = or_(
             Job.state == JobState.QUEUED,
             and_(Job.state == JobState.RUNNING, Job.lease_expires_at < now),
         )
-        with self._sessions() as session:
-            candidates = list(
-                session.scalars(select(Job.id).where(runnable).order_by(Job.id).limit(8))
-            )
+        if only is not None:
+            candidates = [only]
+        else:
+            with self._sessions() as session:
+                candidates = list(
+                    session.scalars(select(Job.id).where(runnable).order_by(Job.id).limit(8))
+                )
         for job_id in candidates:
             with self._sessions() as session, session.begin():
                 claimed = session.execute(
