@@ -77,6 +77,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     _setup_logging(settings.node.log_level)
+    if args.parent_pid is not None:
+        from dicomnode.jobs.parentwatch import exit_with_parent
+
+        exit_with_parent(args.parent_pid)
     stop = _wait_for_signal()
     if remote.wants_remote(args):
         return remote.run_remote_worker(args, settings, stop)
@@ -283,6 +287,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = with_config(sub.add_parser("worker", help="run one worker process"))
     p.add_argument("--once", action="store_true", help="run at most one job, then exit")
+    p.add_argument("--parent-pid", dest="parent_pid", type=int, default=None,
+                   help="exit as soon as this process (the supervisor) is gone")
     add_remote_arguments(p)
     p.set_defaults(func=cmd_worker)
 

@@ -72,6 +72,11 @@ class WorkerSettings:
     heartbeat_s: float = 10.0
     poll_interval_s: float = 0.5
     max_attempts: int = 3
+    # A failed attempt is retried after backoff_initial_s * backoff_factor ** (attempt - 1),
+    # at most backoff_max_s (a full disk or a busy GPU gets time to recover).
+    backoff_initial_s: float = 30.0
+    backoff_factor: float = 4.0
+    backoff_max_s: float = 1800.0
 
 
 @dataclass(frozen=True)
@@ -310,6 +315,8 @@ def _validate(s: Settings) -> None:
         raise ConfigError("[web] dicomweb must be 'local' or 'proxy'")
     if s.web.dicomweb == "proxy" and not s.web.pacs_dicomweb_url:
         raise ConfigError("[web] dicomweb = 'proxy' needs pacs_dicomweb_url")
+    if s.worker.backoff_initial_s < 0 or s.worker.backoff_factor < 1:
+        raise ConfigError("[worker] backoff_initial_s must be >= 0 and backoff_factor >= 1")
     if s.worker.lease_s <= s.worker.heartbeat_s:
         raise ConfigError("[worker] lease_s must be longer than heartbeat_s")
 

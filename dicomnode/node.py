@@ -45,6 +45,7 @@ class WorkerSupervisor:
         cmd = [sys.executable, "-m", "dicomnode", "worker"]
         if self._config_path is not None:
             cmd += ["--config", str(self._config_path)]
+        cmd += ["--parent-pid", str(os.getpid())]  # the worker ends with this process
         proc = subprocess.Popen(cmd, env=os.environ.copy())
         log.info("started worker process %d", proc.pid)
         return proc
@@ -52,6 +53,10 @@ class WorkerSupervisor:
     @property
     def pids(self) -> list[int]:
         return [p.pid for p in self._procs]
+
+    def alive(self) -> tuple[int, int]:
+        """(worker processes running now, workers configured), for /healthz."""
+        return sum(1 for p in list(self._procs) if p.poll() is None), self._count
 
     def run(self, stop: threading.Event) -> None:
         self._procs = [self._spawn() for _ in range(self._count)]
@@ -100,7 +105,8 @@ class Node:
             from dicomnode.web.server import server_listening, start_web_server
 
             self._web = start_web_server(
-                s, sessions, storage, receiver_alive=lambda: server_listening(self._server)
+                s, sessions, storage, receiver_alive=lambda: server_listening(self._server),
+                workers_alive=self.supervisor.alive if s.node.workers > 0 else None,
             )
         assembler = Assembler(sessions, s)
         interval = max(ASSEMBLER_MIN_INTERVAL_S, min(2.0, s.node.quiet_period_s / 4))

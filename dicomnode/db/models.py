@@ -150,6 +150,8 @@ class Job(Base):
     lease_owner: Mapped[str] = mapped_column(String(128), default="")
     lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime())
     heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime())
+    # A failed attempt's retry waits until then (exponential backoff); None: claim at once.
+    next_attempt_at: Mapped[datetime | None] = mapped_column(DateTime())
     # Fixed on first claim, reused on every retry: result UIDs derive from it.
     uid_root: Mapped[str] = mapped_column(String(UID_LEN), default="")
     error: Mapped[str] = mapped_column(Text, default="")

@@ -8,7 +8,7 @@ from datetime import datetime
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
-from dicomnode.db.models import Instance, Job, Series, SeriesState, Study
+from dicomnode.db.models import Instance, Job, JobState, Series, SeriesState, Study
 from dicomnode.db.records import add_event
 from dicomnode.jobs.selection import InstanceGeometry, SeriesCandidate
 
@@ -97,3 +97,18 @@ def enqueue_job(
     add_event(session, study_id, "job-queued", f"{instance_count} instances", job_id=job.id)
     return job.id
 
+
+
+def requeue_failed(session: Session, job: Job) -> int:
+    """Queue a job that failed for good again (its study was re-sent): fresh attempts."""
+    failed_after = job.attempts
+    job.state = JobState.QUEUED
+    job.attempts = 0
+    job.next_attempt_at = None
+    job.lease_expires_at = None
+    job.finished_at = None
+    add_event(
+        session, job.study_id, "job-requeued",
+        f"study re-sent after the job failed ({failed_after} attempts)", job_id=job.id,
+    )
+    return job.id

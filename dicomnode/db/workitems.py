@@ -60,8 +60,9 @@ def job_id_of(uid: str) -> int | None:
 
 def _state_condition(state: str, now: datetime) -> ColumnElement[bool]:
     expired = and_(Job.state == JobState.RUNNING, Job.lease_expires_at < now)
-    if state == SCHEDULED:
-        return or_(Job.state == JobState.QUEUED, expired)
+    if state == SCHEDULED:  # claimable now: past a retry's backoff, or the lease expired
+        due = or_(Job.next_attempt_at.is_(None), Job.next_attempt_at <= now)
+        return or_(and_(Job.state == JobState.QUEUED, due), expired)
     if state == IN_PROGRESS:
         return and_(Job.state == JobState.RUNNING, Job.lease_expires_at >= now)
     if state == COMPLETED:
@@ -92,6 +93,7 @@ class WorkitemView:
     series_instance_uid: str
     instances: tuple[tuple[str, str], ...]  # (SOP class, SOP instance) in receive order
     created_at: datetime
+    scheduled_at: datetime  # when it may run: created, or a retry's backoff end
     attempts: int
     uid_root: str  # "" until the job is first claimed
     predecessors: tuple[PriorSR, ...]  # earlier SRs of the study (filled by the caller)
@@ -117,6 +119,7 @@ def _view(session: Session, job: Job, now: datetime) -> WorkitemView:
         series_instance_uid=series.series_instance_uid,
         instances=instances,
         created_at=job.created_at,
+        scheduled_at=job.next_attempt_at or job.created_at,
         attempts=job.attempts,
         uid_root=job.uid_root,
         predecessors=(),

@@ -4,7 +4,9 @@ A study is ready when no instance of it has arrived for the quiet period (severa
 associations per study are fine as long as the gaps are shorter). If the chosen series has
 gaps in its InstanceNumbers, the assembler waits up to ``max_wait_for_missing_s`` more for the
 missing slices before it analyses what it has. A study whose chosen series is unchanged since
-an earlier job (same instances, same pipeline) is not processed again.
+an earlier job (same instances, same pipeline) is not processed again, unless that job failed
+for good: a study re-sent after such a failure (new instances, or the same ones again) queues
+the failed job once more with fresh attempts.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from dicomnode.config import Settings
 from dicomnode.db import studies as db
-from dicomnode.db.models import SeriesState, utcnow
+from dicomnode.db.models import JobState, SeriesState, utcnow
 from dicomnode.db.records import add_event
 from dicomnode.jobs.selection import choose_series
 
@@ -102,6 +104,10 @@ class Assembler:
         db.mark_evaluated(session, study_id, snap.last_received_at)
         fingerprint = input_fingerprint(sop_uids, self._identity)
         earlier = db.job_with_fingerprint(session, fingerprint)
+        if earlier is not None and earlier.state == JobState.FAILED:
+            log.info("study %s re-sent; failed job %d queued again",
+                     snap.study_instance_uid, earlier.id)
+            return db.requeue_failed(session, earlier)
         if earlier is not None:
             add_event(
                 session, study_id, "unchanged",

@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from dicomnode.config import Settings
 from dicomnode.db.models import Job, JobState, ResultObject, Study, utcnow
-from dicomnode.db.queue import JobQueue, NewResult
+from dicomnode.db.queue import JobQueue, NewResult, RetryBackoff
 from dicomnode.db.workitems import find_job, held_by, remote_owner, ups_state
 from dicomnode.receiving.storage import Storage, is_valid_uid
 from dicomnode.remote.workitem import Report
@@ -78,7 +78,9 @@ class RemoteJobs:
         self._settings = settings
         self._sessions = sessions
         self._storage = storage
-        self.queue = JobQueue(sessions, max_attempts=settings.worker.max_attempts)
+        w = settings.worker
+        backoff = RetryBackoff(w.backoff_initial_s, w.backoff_factor, w.backoff_max_s)
+        self.queue = JobQueue(sessions, max_attempts=w.max_attempts, backoff=backoff)
 
     def results_dir(self, job_id: int) -> Path:
         return self._storage.outbox_dir(job_id) / REMOTE_DIR
@@ -101,7 +103,7 @@ class RemoteJobs:
                                            "transaction; keep it alive with Update Workitem")
                 raise WorkitemConflictError(f"the workitem is {ups_state(job, utcnow())}, not "
                                        "SCHEDULED: it cannot be claimed")
-        shutil.rmtree(self.results_dir(job_id), ignore_errors=True)
+        self._discard_partial(job_id)
         log.info("job %d claimed by remote transaction %s (attempt %d)",
                  job_id, transaction_uid, ticket.attempt)
         return job_id
@@ -162,10 +164,16 @@ class RemoteJobs:
         state = self.queue.fail(
             job.id, remote_owner(transaction_uid), f"remote: {reason}", retry=retry
         )
-        shutil.rmtree(self.results_dir(job.id), ignore_errors=True)
+        self._discard_partial(job.id)
         log.warning("job %d cancelled by remote transaction %s (now %s)",
                     job.id, transaction_uid, state.value)
         return state
+
+    def _discard_partial(self, job_id: int) -> None:
+        """Remove what an unfinished remote attempt stored; results of a job that completed
+        before (an operator's re-run) are recorded and may still be exported: kept."""
+        if not self.queue.has_results(job_id):
+            shutil.rmtree(self.results_dir(job_id), ignore_errors=True)
 
     # ------------------------------------------------------------------ reports
     def _save_report(self, job_id: int, transaction_uid: str, report: Report) -> None:

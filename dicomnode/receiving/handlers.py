@@ -97,6 +97,7 @@ def _store_once(
     try:
         if recorder.exists(sop_uid):
             log.debug("instance %s already stored; acknowledged without rewriting", sop_uid)
+            recorder.resent(sop_uid)
             return _status(StoreStatus.SUCCESS)
         size = storage.write_instance(path, event.encoded_dataset(include_meta=True))
     except DiskFullError as exc:

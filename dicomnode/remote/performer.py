@@ -8,8 +8,8 @@ folder, runs the processor loaded as the local worker loads it, stores the resul
 every ``heartbeat_s`` while it works, which renews the node's lease; a performer that dies
 simply stops renewing, the lease expires, the workitem is SCHEDULED again and another
 performer re-runs it with the same result UIDs. On failure it sends the reason (exception
-type and message, as the local worker records it) and whether a retry could help, then
-CANCELED. The scratch folder is removed after every workitem.
+type and message without data-set values, as the local worker records it) and whether a
+retry could help, then CANCELED. The scratch folder is removed after every workitem.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from pathlib import Path
 
 from pydicom.uid import generate_uid
 
+from dicomnode.errors import safe_message
 from dicomnode.jobs.processing import PriorReport, Processor, ProcessRequest
 from dicomnode.remote.client import DicomwebClient, RemoteError
 from dicomnode.remote.workitem import (
@@ -170,7 +171,7 @@ class RemotePerformer:
 
     def _report_failure(self, uid: str, txn: str, exc: Exception, *, lost: bool) -> None:
         retry = bool(getattr(exc, "retryable", True))
-        reason = f"{type(exc).__name__}: {exc}"[:1000]
+        reason = safe_message(exc)[:1000]
         log.error("workitem %s failed: %s", uid, reason)
         if lost or isinstance(exc, LeaseLostError):
             return  # nothing to report: the workitem belongs to another performer now

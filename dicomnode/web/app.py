@@ -63,6 +63,7 @@ def create_app(
     *,
     receiver_alive: Callable[[], bool] | None = None,
     proxy_transport: object | None = None,
+    workers_alive: Callable[[], tuple[int, int]] | None = None,
 ) -> FastAPI:
     """Build the web app. Raises ConfigError when authentication is not configured safely
     (``auth = "token"`` without a token, ``basic`` without user and password).
@@ -103,6 +104,7 @@ def create_app(
         headers=HeaderCache(storage.root),
         ohif_dir=ohif_dir,
         receiver_alive=receiver_alive,
+        workers_alive=workers_alive,
     )
     app.state.authenticator = authenticator
     app.state.templates = pages.make_templates()

@@ -23,6 +23,8 @@ class WebContext:
     headers: HeaderCache
     ohif_dir: Path | None  # None: no prebuilt viewer found
     receiver_alive: Callable[[], bool] | None = None
+    # (alive, configured) local worker processes; None where this process supervises none.
+    workers_alive: Callable[[], tuple[int, int]] | None = None
 
 
 def get_ctx(request: Request) -> WebContext:

@@ -60,7 +60,7 @@ def _facts(view: wi.WorkitemView, priors: list[Any]) -> WorkitemFacts:
     return WorkitemFacts(
         uid=view.uid, state=view.state, study_instance_uid=view.study_instance_uid,
         series_instance_uid=view.series_instance_uid, instances=view.instances,
-        scheduled_at=view.created_at, uid_root=view.uid_root,
+        scheduled_at=view.scheduled_at, uid_root=view.uid_root,
         predecessors=[
             Predecessor(p.study_instance_uid, p.series_instance_uid, p.sop_instance_uid,
                         p.sop_class_uid)

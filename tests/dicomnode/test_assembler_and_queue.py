@@ -13,7 +13,9 @@ from dicomnode.db.queue import JobQueue, NewResult
 from dicomnode.db.records import InstanceRecord, InstanceRecorder
 from dicomnode.jobs.assembler import Assembler
 
-from .conftest import det_uid
+from .conftest import both_backends, det_uid
+
+pytestmark = both_backends
 
 
 def record_series(recorder: InstanceRecorder, study: str, series: str, n: int, *,

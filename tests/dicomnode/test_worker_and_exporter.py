@@ -17,7 +17,9 @@ from dicomnode.delivering.exporter import Exporter
 from dicomnode.jobs.processing import ProcessRequest
 from dicomnode.jobs.worker import Worker
 
-from .conftest import ct_series, free_port
+from .conftest import both_backends, ct_series, free_port
+
+pytestmark = both_backends
 
 
 @dataclass(frozen=True)

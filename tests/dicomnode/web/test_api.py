@@ -9,8 +9,11 @@ from sqlalchemy import select
 
 from dicomnode.db.models import Event, Export, ExportState, Job, JobState
 from dicomnode.db.queue import JobQueue
+from tests.dicomnode.conftest import both_backends
 
 from .conftest import HIDDEN_NAME, NodeState, make_client
+
+pytestmark = both_backends
 
 
 def test_counts(client: TestClient) -> None:

@@ -13,8 +13,11 @@ from pydicom.encaps import generate_frames
 from pydicom.uid import ExplicitVRLittleEndian, RLELossless
 
 from dicomnode.web.multipart import boundary_of, split_multipart
+from tests.dicomnode.conftest import both_backends
 
 from .conftest import NodeState
+
+pytestmark = both_backends
 
 DICOM_ANY = "multipart/related; type=application/dicom; transfer-syntax=*"
 OHIF_FRAMES = "multipart/related; type=application/octet-stream; transfer-syntax=*"
