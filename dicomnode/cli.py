@@ -17,6 +17,7 @@ from typing import Any
 from dicomnode import __version__
 from dicomnode.config import Settings, load_settings
 from dicomnode.errors import DicomNodeError
+from dicomnode.remote.command import add_arguments as add_remote_arguments
 
 log = logging.getLogger("dicomnode")
 
@@ -72,6 +73,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from dicomnode.jobs.processing import load_processor
     from dicomnode.jobs.worker import Worker
     from dicomnode.receiving.storage import Storage
+    from dicomnode.remote import command as remote
 
     settings = _settings(args)
     _setup_logging(settings.node.log_level)
@@ -80,6 +82,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
         exit_with_parent(args.parent_pid)
     stop = _wait_for_signal()
+    if remote.wants_remote(args):
+        return remote.run_remote_worker(args, settings, stop)
     storage = Storage(settings.node.data_dir, fsync=settings.node.fsync)
     _engine, sessions = open_database(settings.database_url)
     processor = load_processor(settings.pipeline.processor, pipeline_options(settings))
@@ -304,6 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--once", action="store_true", help="run at most one job, then exit")
     p.add_argument("--parent-pid", dest="parent_pid", type=int, default=None,
                    help="exit as soon as this process (the supervisor) is gone")
+    add_remote_arguments(p)
     p.set_defaults(func=cmd_worker)
 
     p = with_config(sub.add_parser("status", help="studies, jobs, exports and failures"))

@@ -103,8 +103,11 @@ class JobQueue:
             and_(Job.state == JobState.RUNNING, Job.lease_expires_at < now),
         )
 
-    def claim(self, owner: str, lease_s: float, now: datetime | None = None) -> JobTicket | None:
+    def claim(
+        self, owner: str, lease_s: float, now: datetime | None = None, *, only: int | None = None
+    ) -> JobTicket | None:
         """Claim the oldest runnable job for ``owner``; None when there is nothing to do.
+        With ``only``: that job id or nothing (a remote performer claiming one workitem).
 
         PostgreSQL: ``SELECT ... FOR UPDATE SKIP LOCKED`` lets concurrent workers pass over a
         row another one is claiming; SQLite serialises writers (BEGIN IMMEDIATE) and ignores
@@ -112,6 +115,8 @@ class JobQueue:
         """
         now = now or utcnow()
         runnable = self._runnable(now)
+        if only is not None:
+            runnable = and_(runnable, Job.id == only)
         for _ in range(CLAIM_TRIES):
             with self._sessions() as session, session.begin():
                 job_id = session.scalar(

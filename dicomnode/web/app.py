@@ -19,7 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from dicomnode import __version__
 from dicomnode.config import Settings
 from dicomnode.receiving.storage import Storage
-from dicomnode.web import api, dicomweb, health, metrics, pages
+from dicomnode.web import api, dicomweb, health, metrics, pages, stow, ups
 from dicomnode.web.auth import Authenticator, AuthMiddleware
 from dicomnode.web.context import WebContext
 from dicomnode.web.dicomjson import HeaderCache
@@ -114,6 +114,8 @@ def create_app(
     app.include_router(metrics.router)
     app.include_router(api.router)
     app.include_router(pages.router)
+    app.include_router(ups.router)  # UPS-RS and STOW-RS for remote workers, before a proxy
+    app.include_router(stow.router)
     if proxy is not None:
         app.include_router(proxy_router(proxy))
     else:
