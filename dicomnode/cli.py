@@ -1,4 +1,5 @@
-"""The ``dicomnode`` command: serve, worker, status, analyze, send, echo, retry-export, requeue."""
+"""The ``dicomnode`` command: serve, worker, status, analyze, send, echo, retry-export, requeue,
+users, models."""
 
 from __future__ import annotations
 
@@ -319,6 +320,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = with_config(sub.add_parser("requeue", help="run jobs again (same result UIDs)"))
     p.add_argument("job_ids", type=int, nargs="+")
     p.set_defaults(func=cmd_requeue)
+
+    from dicomnode.review.cli import add_commands
+
+    add_commands(sub, with_config)
     return parser
 
 

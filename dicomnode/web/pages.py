@@ -18,12 +18,20 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from dicomnode import __version__
 from dicomnode.db import webqueries as wq
+from dicomnode.db.audit import record_action
 from dicomnode.db.models import utcnow
-from dicomnode.web.api import ActionRefusedError, requeue_job, retry_export, retry_job_exports
-from dicomnode.web.auth import COOKIE_NAME, local_target
+from dicomnode.web.api import (
+    OPERATOR_ROLES,
+    ActionRefusedError,
+    requeue_job,
+    retry_export,
+    retry_job_exports,
+)
+from dicomnode.web.auth import COOKIE_NAME, local_target, principal_of, require_role
 from dicomnode.web.context import WebContext, get_ctx, get_session, release
 from dicomnode.web.resultgroups import group_results
 from dicomnode.web.timeline import fold_events
@@ -111,6 +119,7 @@ def _render(request: Request, name: str, context: dict[str, Any], status: int = 
     base = {
         "viewer_installed": ctx.ohif_dir is not None,
         "auth_mode": ctx.settings.web.auth,
+        "user": principal_of(request),
         "ae_title": ctx.settings.node.ae_title,
         "notice": notice,
         "now": utcnow(),
@@ -159,27 +168,36 @@ def _back(target: str | None, study_uid: str, **params: str) -> Response:
 
 @router.post("/node/exports/{export_id}/retry")
 def retry_form(
-    export_id: int, session: SessionDep, ctx: CtxDep, next_url: NextUrl = None
+    export_id: int, request: Request, session: SessionDep, ctx: CtxDep, next_url: NextUrl = None
 ) -> Response:
     """The retry button of a failed export; back to the page it was pressed on."""
+    who = require_role(request, *OPERATOR_ROLES)
     try:
         view = retry_export(ctx, session, export_id)
     except (LookupError, ActionRefusedError) as exc:
         return _back(next_url, "", notice="refused", reason=str(exc))
+    release(session)
+    record_action(ctx.sessions, who.name, "export-retry", f"export {export_id} sent again",
+                  export_id=export_id)
     log.info("export %d queued again by an operator", export_id)
     return _back(next_url, view.study_instance_uid, notice="export-retried", id=str(export_id))
 
 
 @router.post("/node/jobs/{job_id}/retry-exports")
 def retry_exports_form(
-    job_id: int, destination: Annotated[str, Query(min_length=1)], session: SessionDep,
-    ctx: CtxDep, next_url: NextUrl = None,
+    job_id: int, destination: Annotated[str, Query(min_length=1)], request: Request,
+    session: SessionDep, ctx: CtxDep, next_url: NextUrl = None,
 ) -> Response:
     """The "retry all" button of a job's failed exports to one destination."""
+    who = require_role(request, *OPERATOR_ROLES)
     try:
         count = retry_job_exports(ctx, session, job_id, destination)
     except (LookupError, ActionRefusedError) as exc:
         return _back(next_url, "", notice="refused", reason=str(exc))
+    release(session)
+    record_action(ctx.sessions, who.name, "export-retry",
+                  f"{count} failed export(s) of job {job_id} to {destination[:64]} sent again",
+                  job_id=job_id)
     log.info("%d failed export(s) of job %d to %s queued again by an operator", count, job_id,
              destination)
     return _back(next_url, "", notice="exports-retried", id=str(job_id), count=str(count))
@@ -187,13 +205,17 @@ def retry_exports_form(
 
 @router.post("/node/jobs/{job_id}/requeue")
 def requeue_form(
-    job_id: int, session: SessionDep, ctx: CtxDep, next_url: NextUrl = None
+    job_id: int, request: Request, session: SessionDep, ctx: CtxDep, next_url: NextUrl = None
 ) -> Response:
     """The requeue button of a failed or finished job."""
+    who = require_role(request, *OPERATOR_ROLES)
     try:
         view = requeue_job(ctx, session, job_id)
     except (LookupError, ActionRefusedError) as exc:
         return _back(next_url, "", notice="refused", reason=str(exc))
+    release(session)
+    record_action(ctx.sessions, who.name, "job-requeue", f"job {job_id} queued again",
+                  job_id=job_id)
     log.info("job %d queued again by an operator", job_id)
     return _back(next_url, view.study_instance_uid, notice="job-requeued", id=str(job_id))
 
@@ -201,35 +223,44 @@ def requeue_form(
 @router.get("/login", response_class=HTMLResponse)
 def login_form(request: Request, next_url: NextUrl = None) -> Response:
     target = local_target(next_url, "/node/")
-    if get_ctx(request).settings.web.auth != "token":
+    if not request.app.state.authenticator.page_logins:
         return RedirectResponse(target, status_code=303)
     return _render(request, "login.html", {"next": target, "error": ""})
 
 
 @router.post("/login", response_class=HTMLResponse)
 async def login(request: Request) -> Response:
-    """Check the token from the form; on success set the session cookie and go on."""
-    ctx = get_ctx(request)
-    if ctx.settings.web.auth != "token":
+    """Check the form (user name and password, or the token); on success open a new
+    server-side session, set its cookie and go on."""
+    authenticator = request.app.state.authenticator
+    if not authenticator.page_logins:
         return RedirectResponse("/node/", status_code=303)
     body = await request.body()
     fields = parse_qs(body[:LOGIN_BODY_MAX_BYTES].decode("utf-8", "replace"))
-    token = (fields.get("token") or [""])[0]
-    target = local_target((fields.get("next") or [""])[0], "/node/")
-    authenticator = request.app.state.authenticator
-    if not authenticator.token_ok(token):
+
+    def field(name: str) -> str:
+        return (fields.get(name) or [""])[0]
+
+    secret = field("token") if authenticator.mode == "token" else field("password")
+    target = local_target(field("next"), "/node/")
+    principal = await run_in_threadpool(authenticator.login, field("username"), secret)
+    if principal is None:
         log.warning("failed web login from %s", request.client.host if request.client else "?")
-        return _render(
-            request, "login.html", {"next": target, "error": "That token is not valid."},
-            status=401,
-        )
+        return _render(request, "login.html",
+                       {"next": target, "error": "Those credentials are not valid."}, status=401)
+    session_secret = await run_in_threadpool(authenticator.users.open_session, principal)
     response = RedirectResponse(target, status_code=303)
-    authenticator.set_cookie(response, secure=request.url.scheme == "https")
+    authenticator.set_cookie(response, session_secret, secure=request.url.scheme == "https")
+    log.info("web login of %s", principal.name)
     return response
 
 
 @router.post("/logout")
-def logout() -> Response:
+def logout(request: Request) -> Response:
+    """End the session on the server (its cookie is refused from now on) and in the browser."""
+    secret = request.cookies.get(COOKIE_NAME, "")
+    if secret:
+        request.app.state.authenticator.users.end_session(secret)
     response = RedirectResponse("/login", status_code=303)
     response.delete_cookie(COOKIE_NAME, path="/")
     return response
