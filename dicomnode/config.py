@@ -100,6 +100,8 @@ class PipelineSettings:
     # A registry model ("NAME@VERSION") run beside the primary classifier on every job; its
     # answer is stored in the job's summary, shown to operators, never exported. Empty: none.
     shadow_classifier: str = ""
+    # Writes a radiologist's verdict as a Comprehensive 3D SR (reached by name, like processor).
+    verdict_writer: str = "pipeline.writers.verdict_sr:write_verdict_file"
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from dicomnode import __version__
 from dicomnode.config import Settings
 from dicomnode.receiving.storage import Storage
-from dicomnode.web import api, dicomweb, health, metrics, pages
+from dicomnode.web import api, dicomweb, health, metrics, pages, verdicts
 from dicomnode.web.auth import Authenticator, AuthMiddleware
 from dicomnode.web.context import WebContext
 from dicomnode.web.dicomjson import HeaderCache
@@ -87,6 +87,7 @@ def create_app(
     app.include_router(metrics.router)
     app.include_router(api.router)
     app.include_router(pages.router)
+    app.include_router(verdicts.router)
     if proxy is not None:
         app.include_router(proxy_router(proxy))
     else:

@@ -24,6 +24,7 @@ from dicomnode import __version__
 from dicomnode.db import webqueries as wq
 from dicomnode.db.audit import record_action
 from dicomnode.db.models import utcnow
+from dicomnode.review.verdicts import verdicts_of_jobs
 from dicomnode.web.api import (
     OPERATOR_ROLES,
     ActionRefusedError,
@@ -49,6 +50,7 @@ NOTICES = {
     "exports-retried": ("ok", "{count} failed export(s) of job {id} queued to be sent again."),
     "job-requeued": ("ok", "Job {id} queued to run again."),
     "refused": ("error", "Not done: {reason}"),
+    "verdict-recorded": ("ok", "Verdict on job {id} recorded; its review SR is queued for export."),
 }
 
 router = APIRouter(include_in_schema=False)
@@ -127,6 +129,9 @@ def _render(request: Request, name: str, context: dict[str, Any], status: int = 
     return templates.TemplateResponse(request, name, {**base, **context}, status_code=status)
 
 
+render = _render  # for the pages of other modules (verdicts, validation)
+
+
 @router.get("/node")
 def node_root() -> Response:
     return RedirectResponse("/node/", status_code=307)
@@ -153,10 +158,11 @@ def dashboard(
 def study_page(study_uid: str, request: Request, session: SessionDep) -> Response:
     """One study: timeline, series with skip reasons, jobs, result objects, exports."""
     detail = wq.study_detail(session, study_uid)
+    verdicts = verdicts_of_jobs(session, [j.job_id for j in detail.jobs]) if detail else {}
     release(session)
     if detail is None:
         return _render(request, "not_found.html", {"what": f"study {study_uid}"}, status=404)
-    return _render(request, "study.html", {"detail": detail})
+    return _render(request, "study.html", {"detail": detail, "verdicts": verdicts})
 
 
 def _back(target: str | None, study_uid: str, **params: str) -> Response:
