@@ -151,3 +151,18 @@ def test_validation_figures_by_hand(fresh_state: NodeState) -> None:
     assert (shadow["tp"], shadow["fp"], shadow["tn"], shadow["fn"]) == (2, 1, 1, 1)
     page = client.get("/node/validation").text
     assert "decovnet@1" in page and "cnn-bert@2" in page
+
+
+def test_validation_gauges_on_metrics(fresh_state: NodeState) -> None:
+    _add_verdicts(fresh_state, [
+        ("covid19", "agree", None, {"1": "accept", "2": "reject"}, 1, datetime(2026, 12, 1)),
+        ("covid19", "disagree", None, {}, 0, datetime(2026, 12, 2)),
+    ])
+    text = logged_in(users_app(fresh_state), "otto").get("/metrics").text
+    labels = 'role="primary",model="decovnet@1"'
+    assert f"dicomnode_validation_verdicts{{{labels}}} 2.0" in text
+    assert f"dicomnode_validation_ppv{{{labels}}} 0.5" in text
+    assert f"dicomnode_validation_accepted_lesion_share{{{labels}}} 0.5" in text
+    assert f"dicomnode_validation_missed_findings{{{labels}}} 1.0" in text
+    assert f"dicomnode_validation_sensitivity{{{labels}}} 1.0" in text  # 1 TP, 0 FN
+    assert f"dicomnode_validation_specificity{{{labels}}} 0.0" in text  # 0 TN, 1 FP
