@@ -79,7 +79,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
     stop = _wait_for_signal()
     storage = Storage(settings.node.data_dir, fsync=settings.node.fsync)
     _engine, sessions = open_database(settings.database_url)
-    processor = load_processor(settings.pipeline.processor, pipeline_options(settings))
+    from dicomnode.review.promotion import active_classifier
+
+    options = pipeline_options(settings)
+    options["primary_classifier"] = active_classifier(sessions) or ""  # promoted (models promote)
+    processor = load_processor(settings.pipeline.processor, options)
     worker = Worker(settings, sessions, storage, processor)
     if args.once:
         worker.recover()

@@ -4,14 +4,14 @@ local validation figures on a handful of verdicts counted by hand."""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
 
 from pydicom import dcmread
 from sqlalchemy import select
 
-from dicomnode.db.models import Event, Export, Job, JobState, ResultObject, Verdict
+from dicomnode.db.models import Event, Export, Job, ResultObject, Verdict
 
 from .conftest import NodeState
+from .users import add_verdicts as _add_verdicts
 from .users import logged_in, users_app
 
 LESIONS = [{"number": 1, "side": "left", "volume_ml": 2.0},
@@ -96,29 +96,6 @@ def test_the_verdict_form_of_the_study_page(fresh_state: NodeState) -> None:
 
 
 # --- validation ------------------------------------------------------------------------------
-
-def _answer(label: str, name: str = "decovnet", version: str = "1") -> dict[str, Any]:
-    return {"name": name, "version": version, "label": label, "p_covid": None}
-
-
-def _add_verdicts(state: NodeState, rows: list[tuple[str, str, str | None, dict[str, str],
-                                                     int, datetime]]) -> None:
-    """One finished job per row: (primary label, agree/disagree, shadow label, findings,
-    missed, when)."""
-    with state.sessions() as s, s.begin():
-        base = s.get_one(Job, state.job_id)
-        for primary, classification, shadow, findings, missed, when in rows:
-            job = Job(study_id=base.study_id, series_id=base.series_id, fingerprint="x",
-                      instance_count=1, state=JobState.DONE)
-            s.add(job)
-            s.flush()
-            s.add(Verdict(job_id=job.id, user_name="rita", created_at=when,
-                          classification=classification, findings=findings,
-                          missed_findings=missed,
-                          models={"primary": _answer(primary),
-                                  "shadow": _answer(shadow, "cnn-bert", "2") if shadow else None,
-                                  "lesions": []}))
-
 
 def test_validation_figures_by_hand(fresh_state: NodeState) -> None:
     nov, dec = datetime(2026, 11, 5), datetime(2026, 12, 1)

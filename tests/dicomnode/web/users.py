@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from datetime import datetime
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
+from dicomnode.db.models import Job, JobState, Verdict
 from dicomnode.db.users import UserStore
 from dicomnode.web.app import create_app
 
@@ -39,3 +42,26 @@ def logged_in(app: FastAPI, name: str) -> TestClient:
                                            "next": "/node/"}, follow_redirects=False)
     assert response.status_code == 303, response.text
     return client
+
+
+def answer(label: str, name: str = "decovnet", version: str = "1") -> dict[str, Any]:
+    return {"name": name, "version": version, "label": label, "p_covid": None}
+
+
+def add_verdicts(state: NodeState, rows: list[tuple[str, str, str | None, dict[str, str],
+                                                     int, datetime]]) -> None:
+    """One finished job per row: (primary label, agree/disagree, shadow label, findings,
+    missed, when)."""
+    with state.sessions() as s, s.begin():
+        base = s.get_one(Job, state.job_id)
+        for primary, classification, shadow, findings, missed, when in rows:
+            job = Job(study_id=base.study_id, series_id=base.series_id, fingerprint="x",
+                      instance_count=1, state=JobState.DONE)
+            s.add(job)
+            s.flush()
+            s.add(Verdict(job_id=job.id, user_name="rita", created_at=when,
+                          classification=classification, findings=findings,
+                          missed_findings=missed,
+                          models={"primary": answer(primary),
+                                  "shadow": answer(shadow, "cnn-bert", "2") if shadow else None,
+                                  "lesions": []}))
