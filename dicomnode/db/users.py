@@ -95,9 +95,12 @@ class UserStore:
     def remove(self, name: str) -> bool:
         """Delete the user and end their sessions; False when there was no such user."""
         with self._sessions() as session, session.begin():
-            gone = session.execute(delete(WebUser).where(WebUser.name == name)).rowcount
+            user = session.scalar(select(WebUser).where(WebUser.name == name))
             session.execute(delete(WebSession).where(WebSession.user_name == name))
-            return bool(gone)
+            if user is None:
+                return False
+            session.delete(user)
+            return True
 
     def list(self) -> list[UserView]:
         with self._sessions() as session:

@@ -32,13 +32,13 @@ def _label(value: str) -> str:
 def exposition(models: list[Mapping[str, Any]]) -> str:
     lines: list[str] = []
     for key, name, help_text in GAUGES:
-        samples = [(m, m.get(key)) for m in models if m.get(key) is not None]
+        samples = [(m, float(m[key])) for m in models if m.get(key) is not None]
         if not samples:
             continue
         lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge"]
         for model, value in samples:
             labels = f'role="{_label(model["role"])}",model="{_label(model["model"])}"'
-            lines.append(f"{name}{{{labels}}} {float(value)!r}")
+            lines.append(f"{name}{{{labels}}} {value!r}")
     return "".join(line + "\n" for line in lines)
 
 

@@ -23,6 +23,7 @@ from starlette.concurrency import run_in_threadpool
 from dicomnode import __version__
 from dicomnode.db import webqueries as wq
 from dicomnode.db.audit import record_action
+from dicomnode.db.dashboard import study_extras
 from dicomnode.db.models import utcnow
 from dicomnode.review.verdicts import verdicts_of_jobs
 from dicomnode.web.api import (
@@ -35,6 +36,7 @@ from dicomnode.web.api import (
 from dicomnode.web.auth import COOKIE_NAME, local_target, principal_of, require_role
 from dicomnode.web.context import WebContext, get_ctx, get_session, release
 from dicomnode.web.resultgroups import group_results
+from dicomnode.web.studydates import study_date
 from dicomnode.web.timeline import fold_events
 
 log = logging.getLogger(__name__)
@@ -141,10 +143,15 @@ def node_root() -> Response:
 def dashboard(
     request: Request, session: SessionDep, offset: Annotated[int, Query(ge=0)] = 0
 ) -> Response:
-    """Totals, failed exports, recent studies and jobs."""
+    """Totals, failed exports, recent studies (classification, verdict, date) and jobs."""
+    studies = wq.list_studies(session, limit=STUDIES_PER_PAGE, offset=offset)
+    extras = study_extras(session, [s.study_instance_uid for s in studies])
+    root = get_ctx(request).storage.root
     context = {
         "totals": wq.totals(session),
-        "studies": wq.list_studies(session, limit=STUDIES_PER_PAGE, offset=offset),
+        "studies": studies,
+        "extras": extras,
+        "study_dates": {uid: study_date(root, e.instance_path) for uid, e in extras.items()},
         "offset": offset,
         "page_size": STUDIES_PER_PAGE,
         "jobs": wq.list_jobs(session, limit=JOBS_ON_DASHBOARD),

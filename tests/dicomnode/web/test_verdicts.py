@@ -56,6 +56,10 @@ def test_a_radiologist_records_a_verdict_and_its_sr_is_queued(fresh_state: NodeS
     assert [v["verdict_id"] for v in listed] == [verdict["verdict_id"]]
     page = rita.get(f"/node/studies/{fresh_state.study_a}").text
     assert "Verdict by rita" in page and "lesion 2 reject" in page
+    dashboard = rita.get("/node/").text
+    assert "<strong>covid19</strong>" in dashboard and "verdict-disagree" in dashboard
+    assert "2020-03-15" in dashboard  # the study date, read from a stored header
+    assert '<span class="tag">VERDICT</span>' in dashboard  # results counted per kind
 
 
 def test_only_radiologists_record_verdicts(fresh_state: NodeState) -> None:
