@@ -1,4 +1,5 @@
-"""The ``dicomnode`` command: serve, worker, status, analyze, send, echo, retry-export, requeue."""
+"""The ``dicomnode`` command: serve, worker, status, analyze, send, echo, retry-export, requeue,
+users, models."""
 
 from __future__ import annotations
 
@@ -86,7 +87,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
         return remote.run_remote_worker(args, settings, stop)
     storage = Storage(settings.node.data_dir, fsync=settings.node.fsync)
     _engine, sessions = open_database(settings.database_url)
-    processor = load_processor(settings.pipeline.processor, pipeline_options(settings))
+    from dicomnode.review.promotion import active_classifier
+
+    options = pipeline_options(settings)
+    options["primary_classifier"] = active_classifier(sessions) or ""  # promoted (models promote)
+    processor = load_processor(settings.pipeline.processor, options)
     worker = Worker(settings, sessions, storage, processor)
     if args.once:
         worker.recover()
@@ -352,6 +357,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = with_config(sub.add_parser("requeue", help="run jobs again (same result UIDs)"))
     p.add_argument("job_ids", type=int, nargs="+")
     p.set_defaults(func=cmd_requeue)
+
+    from dicomnode.review.cli import add_commands
+
+    add_commands(sub, with_config)
     return parser
 
 

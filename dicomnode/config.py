@@ -114,6 +114,11 @@ class PipelineSettings:
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1"
     threads: int = 0  # torch intra-op threads; 0: library default
     overlay: bool = True
+    # A registry model ("NAME@VERSION") run beside the primary classifier on every job; its
+    # answer is stored in the job's summary, shown to operators, never exported. Empty: none.
+    shadow_classifier: str = ""
+    # Writes a radiologist's verdict as a Comprehensive 3D SR (reached by name, like processor).
+    verdict_writer: str = "pipeline.writers.verdict_sr:write_verdict_file"
 
 
 @dataclass(frozen=True)
@@ -123,13 +128,16 @@ class WebSettings:
     enabled: bool = False
     host: str = "127.0.0.1"
     port: int = 8080
-    auth: str = "token"  # "token", "basic" or "none"
+    auth: str = "token"  # "users", "token", "basic" or "none"
     token: str = ""
     username: str = ""
     password: str = ""
     ohif_dir: Path = Path("vendor/ohif/dist")  # prebuilt OHIF viewer, fetched by deploy/setup
     dicomweb: str = "local"  # "local": the node's own QIDO/WADO-RS; "proxy": pass to pacs_url
     pacs_dicomweb_url: str = ""  # e.g. http://pacs:8042/dicom-web (used when dicomweb = proxy)
+    # How clients reach this web app (e.g. https://node.example.org): the root of every URL the
+    # node writes into its answers (WADO RetrieveURL). Empty: http://<host>:<port>.
+    base_url: str = ""
 
 
 @dataclass(frozen=True)
@@ -391,14 +399,20 @@ def _validate(s: Settings) -> None:
         raise ConfigError("[pipeline] classifier must be 'decovnet', 'cnn-bert' or 'none'")
     if s.pipeline.lung_segmentation not in ("unet", "morphological"):
         raise ConfigError("[pipeline] lung_segmentation must be 'unet' or 'morphological'")
-    if s.web.auth not in ("token", "basic", "none"):
-        raise ConfigError("[web] auth must be 'token', 'basic' or 'none'")
+    if s.web.auth not in ("users", "token", "basic", "none"):
+        raise ConfigError("[web] auth must be 'users', 'token', 'basic' or 'none'")
+    if s.web.base_url and not re.match(r"^https?://[^/?#\s]+(/[^?#\s]*)?$", s.web.base_url):
+        raise ConfigError("[web] base_url must look like https://host[:port][/path]")
     if s.web.dicomweb not in ("local", "proxy"):
         raise ConfigError("[web] dicomweb must be 'local' or 'proxy'")
     if s.web.dicomweb == "proxy" and not s.web.pacs_dicomweb_url:
         raise ConfigError("[web] dicomweb = 'proxy' needs pacs_dicomweb_url")
     if s.worker.backoff_initial_s < 0 or s.worker.backoff_factor < 1:
         raise ConfigError("[worker] backoff_initial_s must be >= 0 and backoff_factor >= 1")
+    if s.pipeline.shadow_classifier and not re.match(
+        r"^[\w.+-]+@[\w.+-]+$", s.pipeline.shadow_classifier
+    ):
+        raise ConfigError("[pipeline] shadow_classifier must be NAME@VERSION of a registry model")
     if s.worker.lease_s <= s.worker.heartbeat_s:
         raise ConfigError("[worker] lease_s must be longer than heartbeat_s")
 

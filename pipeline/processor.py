@@ -26,6 +26,7 @@ from pipeline import __version__
 from pipeline.errors import ModelError, PipelineError
 from pipeline.runner import OverlayWriter, PipelineRunner, WrittenObject
 from pipeline.series import read_series
+from pipeline.shadow import build_registry_classifier, build_shadow, shadow_answer
 from pipeline.stages import Classifier, LesionLocalizer, LungSegmenter
 from pipeline.stages.lung_morphology import MorphologicalLungSegmenter
 from pipeline.types import CTVolume, ModelInfo, StudyResult
@@ -47,6 +48,8 @@ DEFAULT_SETTINGS: Mapping[str, Any] = {
     "device": "auto",
     "threads": 0,
     "overlay": True,
+    "shadow_classifier": "",
+    "primary_classifier": "",
 }
 
 
@@ -98,6 +101,10 @@ class ProcessorConfig:
     device: str = "auto"
     threads: int = 0
     overlay: bool = True
+    # Registry models "NAME@VERSION" (pipeline.shadow): a shadow run beside the primary, and a
+    # promoted primary that replaces ``classifier`` (the node passes the promotion it recorded).
+    shadow_classifier: str = ""
+    primary_classifier: str = ""
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any]) -> ProcessorConfig:
@@ -110,6 +117,8 @@ class ProcessorConfig:
             device=str(merged["device"]),
             threads=int(merged["threads"]),
             overlay=_as_bool("overlay", merged["overlay"]),
+            shadow_classifier=str(merged["shadow_classifier"] or "").strip(),
+            primary_classifier=str(merged["primary_classifier"] or "").strip(),
         )
         if config.classifier not in CLASSIFIERS:
             raise ValueError(f"classifier must be one of {CLASSIFIERS}, got {config.classifier!r}")
@@ -215,10 +224,16 @@ def build_overlay(enabled: bool) -> OverlayWriter | None:
 
 def build_runner(config: ProcessorConfig) -> PipelineRunner:
     """Build every configured stage once (models load here)."""
-    if config.lung_segmentation == "unet" or config.classifier != "none":
+    if config.lung_segmentation == "unet" or config.classifier != "none" or (
+        config.primary_classifier
+    ):
         _set_threads(config.threads)
     lungs = build_lung_segmenter(config.lung_segmentation, config.device)
-    classifier = build_classifier(config.classifier, config.device)
+    classifier = (
+        build_registry_classifier(config.primary_classifier, config.device, compute_cam=True)
+        if config.primary_classifier
+        else build_classifier(config.classifier, config.device)
+    )
     localize = config.localize_lesions
     if localize and classifier is None:
         logger.info("no classifier: lesions come from the localizer's intensity-based fallback")
@@ -233,6 +248,8 @@ class ChestCTProcessor:
         self._config = ProcessorConfig.from_settings(settings)
         started = time.perf_counter()
         self._runner = build_runner(self._config)
+        self._shadow = build_shadow(self._config.shadow_classifier,
+                                    self._config.primary_classifier, self._config.device)
         logger.info(
             "chest-CT processor ready in %.1f s: lungs %s, classifier %s, lesions %s, overlay %s",
             time.perf_counter() - started, self._config.lung_segmentation,
@@ -270,9 +287,16 @@ class ChestCTProcessor:
         timings = {"read": read_s} if read_s is not None else {}
         timings.update(result.timings_s)
         timings["write"] = time.perf_counter() - started
+        # The shadow classifier: its answer is summarised, never written or exported.
+        shadow = shadow_answer(self._shadow, volume, result.lungs) if self._shadow else None
+        if shadow is not None:
+            timings["shadow"] = float(shadow.get("seconds", 0.0))
         timings["total"] = sum(timings.values())
         objects = tuple(_result_file(obj) for obj in written)
-        return Outcome(objects=objects, summary=summarize(result, objects, timings))
+        summary = summarize(result, objects, timings)
+        if shadow is not None:
+            summary["shadow"] = shadow
+        return Outcome(objects=objects, summary=summary)
 
 
 def _result_file(obj: WrittenObject) -> ResultFile:

@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session
 from dicomnode import __version__
 from dicomnode.db.models import utcnow
 from dicomnode.db.queries import counts as count_queries
+from dicomnode.review.gauges import validation_exposition
 from dicomnode.web.context import get_ctx, get_session
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -213,4 +214,5 @@ def render(session: Session, timings: JobTimings, receiver_up: bool | None) -> s
 def metrics(request: Request, session: Annotated[Session, Depends(get_session)]) -> Response:
     ctx = get_ctx(request)
     alive = ctx.receiver_alive() if ctx.receiver_alive is not None else None
-    return Response(render(session, request.app.state.job_timings, alive), media_type=CONTENT_TYPE)
+    text = render(session, request.app.state.job_timings, alive) + validation_exposition(session)
+    return Response(text, media_type=CONTENT_TYPE)

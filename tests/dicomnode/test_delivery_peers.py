@@ -106,8 +106,7 @@ def test_destination_refusing_seg_and_sr_gets_the_overlay(tmp_path, settings, se
                                       .where(Event.kind == "output-choice")).all()
         assert len(choices) == 2 and all("overlay" in m for m in choices)
     # The study page's result groups list each refused object with the reason.
-    from dicomnode.db.webqueries import job_detail
-
+    from dicomnode.db.queries.jobs import job_detail
     from dicomnode.web.resultgroups import group_results
 
     with sessions() as session:

@@ -97,13 +97,13 @@ def test_query_string_and_accept_pass_through_credentials_do_not(node_state: Nod
     assert "authorization" not in sent.headers and "cookie" not in sent.headers
 
 
-def test_bulk_data_uris_point_back_at_this_origin(node_state: NodeState) -> None:
+def test_bulk_data_uris_point_back_at_the_configured_root(node_state: NodeState) -> None:
     client = proxy_client(node_state, FakePacs())
     [item] = client.get("/dicom-web/studies/1.2/series/1.3/metadata").json()
     assert item["7FE00010"]["BulkDataURI"] == \
-        "http://testserver/dicom-web/studies/1.2/series/1.3/instances/1.2.3.4/bulk/7FE00010"
+        "http://127.0.0.1:8080/dicom-web/studies/1.2/series/1.3/instances/1.2.3.4/bulk/7FE00010"
     nested = item["00540016"]["Value"][0]["00181074"]["BulkDataURI"]
-    assert nested == "http://testserver/dicom-web/bulk/abc"
+    assert nested == "http://127.0.0.1:8080/dicom-web/bulk/abc"
     assert item["00081190"]["Value"] == [f"{UPSTREAM}/studies/1.2"]  # nothing else rewritten
 
 
