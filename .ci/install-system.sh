@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the system packages the node's tests and benchmarks need on Debian/Ubuntu:
 # the real DICOM peers (dcmtk, Orthanc with its DICOMweb and GDCM plug-ins), the dicom3tools
-# conformance checkers, and Python's venv module. Used by .ci/run and by the README's set-up.
+# conformance checkers, PostgreSQL, and Python's venv module. Used by .ci/run and by the README's set-up.
 set -euo pipefail
 
 PACKAGES=(
@@ -10,6 +10,7 @@ PACKAGES=(
   orthanc          # /usr/sbin/Orthanc, the PACS in the integration tests
   orthanc-dicomweb # QIDO-RS / WADO-RS / STOW-RS plug-in
   orthanc-gdcm     # JPEG 2000 (and other) decoding plug-in
+  postgresql       # PostgreSQL 15 server binaries: the tests start their own in a temp folder
   chromium         # headless browser for the OHIF and dashboard tests (driven by Playwright)
   python3-venv     # python3 -m venv (not part of Debian's python3)
   python3-pip

@@ -1,4 +1,5 @@
-"""The ``dicomnode`` command: serve, worker, status, analyze, send, echo, retry-export, requeue."""
+"""The ``dicomnode`` command: serve, worker, status, analyze, send, echo, retry-export, requeue,
+users, models."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from typing import Any
 from dicomnode import __version__
 from dicomnode.config import Settings, load_settings
 from dicomnode.errors import DicomNodeError
+from dicomnode.remote.command import add_arguments as add_remote_arguments
 
 log = logging.getLogger("dicomnode")
 
@@ -27,6 +29,11 @@ def _setup_logging(level: str) -> None:
     logging.basicConfig(level=level.upper(), format=LOG_FORMAT, stream=sys.stderr)
     # pynetdicom narrates every PDU at INFO; keep its warnings and errors only.
     logging.getLogger("pynetdicom").setLevel(max(logging.WARNING, logging.root.level))
+    # alembic tells each migration step and highdicom each object it builds at INFO: shown
+    # only when the node runs at DEBUG.
+    if logging.root.level > logging.DEBUG:
+        for name in ("alembic", "highdicom"):
+            logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -72,13 +79,24 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from dicomnode.jobs.processing import load_processor
     from dicomnode.jobs.worker import Worker
     from dicomnode.receiving.storage import Storage
+    from dicomnode.remote import command as remote
 
     settings = _settings(args)
     _setup_logging(settings.node.log_level)
+    if args.parent_pid is not None:
+        from dicomnode.jobs.parentwatch import exit_with_parent
+
+        exit_with_parent(args.parent_pid)
     stop = _wait_for_signal()
+    if remote.wants_remote(args):
+        return remote.run_remote_worker(args, settings, stop)
     storage = Storage(settings.node.data_dir, fsync=settings.node.fsync)
     _engine, sessions = open_database(settings.database_url)
-    processor = load_processor(settings.pipeline.processor, pipeline_options(settings))
+    from dicomnode.review.promotion import active_classifier
+
+    options = pipeline_options(settings)
+    options["primary_classifier"] = active_classifier(sessions) or ""  # promoted (models promote)
+    processor = load_processor(settings.pipeline.processor, options)
     worker = Worker(settings, sessions, storage, processor)
     if args.once:
         worker.recover()
@@ -101,6 +119,7 @@ def _plain(value: Any) -> Any:
 
 def _print_study(session: Any, study_uid: str, as_json: bool) -> int:
     from dicomnode.db.queries.studies import study_detail
+    from dicomnode.web.timeline import fold_events
 
     detail = study_detail(session, study_uid)
     if detail is None:
@@ -113,9 +132,11 @@ def _print_study(session: Any, study_uid: str, as_json: bool) -> int:
     for s in detail.series:
         print(f"  series {s.series_instance_uid} ({s.modality}, {s.instance_count} instances): "
               f"{s.state}{': ' + s.reason if s.reason else ''}")
-    for e in detail.events:
-        job = f" job {e.job_id}" if e.job_id else ""
-        print(f"{_fmt_time(e.at)}  {e.kind:<16}{job}  {e.message}")
+    # Runs of like events (one "exported" per object) fold into one line, as on the study page.
+    for entry in fold_events(list(detail.events)):
+        job = f" job {entry.job_id}" if entry.job_id else ""
+        count = f" x{len(entry.events)}" if entry.folded else ""
+        print(f"{_fmt_time(entry.first_at)}  {entry.kind:<16}{job}{count}  {entry.message}")
     return 0
 
 
@@ -160,11 +181,15 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"{st.study_instance_uid:<64}  {st.series_count:>6} {st.instance_count:>5}  "
               f"{st.status:<9}  {_fmt_time(st.last_received_at)}{skipped}")
     print(f"\nJobs ({len(jobs)} most recent)")
-    print(f"{'id':>5}  {'state':<8} {'tries':>5}  {'exports sent/pending/failed':<28} series")
+    print(f"{'id':>5}  {'state':<8} {'tries':>5}  {'exports committed/sent/pending/failed':<38} "
+          "series")
     for j in jobs:
         states = Counter(e.state for r in j.results for e in r.exports)
-        exports = f"{states['sent']}/{states['pending'] + states['sending']}/{states['failed']}"
-        print(f"{j.job_id:>5}  {j.state:<8} {j.attempts:>5}  {exports:<28} {j.series_instance_uid}")
+        exports = (f"{states['committed']}/{states['sent']}/"
+                   f"{states['pending'] + states['sending']}/{states['failed']}")
+        if states["refused"]:
+            exports += f" ({states['refused']} refused)"
+        print(f"{j.job_id:>5}  {j.state:<8} {j.attempts:>5}  {exports:<38} {j.series_instance_uid}")
         if j.error:
             print(f"       error: {j.error.splitlines()[0][:160]}")
     print(f"\nFailed exports ({sum(f.count for f in failed)})")
@@ -203,10 +228,22 @@ def cmd_send(args: argparse.Namespace) -> int:
     from dicomnode.tools.send import send_files
 
     _setup_logging("INFO" if args.verbose else "WARNING")
-    report = send_files(args.paths, args.host, args.port, args.aet, args.calling_aet)
+    if not args.verbose:  # network failures are summarised below, not shown as tracebacks
+        logging.getLogger("pynetdicom").setLevel(logging.CRITICAL)
+    report = send_files(args.paths, args.host, args.port, args.aet, args.calling_aet,
+                        fix_uids=args.fix_uids)
     print(f"sent {report.sent}, failed {report.failed}, not DICOM {report.not_dicom}")
     for code, n in sorted(report.statuses.items()):
-        print(f"  status 0x{code:04X}: {n}")
+        print(f"  refused with 0x{code:04X}: {n} ({report.comments.get(code) or 'no comment'})")
+    if report.no_response:
+        print(f"  no response: {report.no_response}")
+    if report.not_sendable:
+        print(f"  not sendable as they are: {report.not_sendable}"
+              + ("" if args.fix_uids else " (try --fix-uids)"))
+    if report.stopped:
+        print(f"  stopped: {report.stopped}")
+    if not args.fix_uids and (report.statuses[0xC220] or report.statuses[0xC221]):
+        print("  malformed UIDs: --fix-uids sends repaired copies (files are not changed)")
     return 0 if report.failed == 0 else 1
 
 
@@ -292,6 +329,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = with_config(sub.add_parser("worker", help="run one worker process"))
     p.add_argument("--once", action="store_true", help="run at most one job, then exit")
+    p.add_argument("--parent-pid", dest="parent_pid", type=int, default=None,
+                   help="exit as soon as this process (the supervisor) is gone")
+    add_remote_arguments(p)
     p.set_defaults(func=cmd_worker)
 
     p = with_config(sub.add_parser("status", help="studies, jobs, exports and failures"))
@@ -313,6 +353,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=11112)
     p.add_argument("--aet", default="CHESTCT", help="called AE title")
     p.add_argument("--calling-aet", default="DICOMNODE-SCU")
+    p.add_argument("--fix-uids", action="store_true",
+                   help="replace missing or malformed UIDs with deterministic valid ones before "
+                        "sending (files on disk are not changed)")
     p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(func=cmd_send)
 
@@ -332,6 +375,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = with_config(sub.add_parser("requeue", help="run jobs again (same result UIDs)"))
     p.add_argument("job_ids", type=int, nargs="+")
     p.set_defaults(func=cmd_requeue)
+
+    from dicomnode.review.cli import add_commands
+
+    add_commands(sub, with_config)
     return parser
 
 

@@ -17,13 +17,15 @@ from pathlib import Path
 from typing import Any
 
 from dicomnode.config import Settings
+from dicomnode.db.confirmations import ConfirmationLog
 from dicomnode.db.engine import open_database
 from dicomnode.db.exports import ExportLog
 from dicomnode.db.records import InstanceRecorder
+from dicomnode.delivering.commitment import CommitmentTracker
 from dicomnode.delivering.exporter import Exporter
 from dicomnode.jobs.assembler import Assembler
 from dicomnode.receiving.recovery import reindex_spool
-from dicomnode.receiving.scp import start_receiver
+from dicomnode.receiving.scp import preflight, start_receiver
 from dicomnode.receiving.storage import Storage
 
 log = logging.getLogger(__name__)
@@ -45,6 +47,7 @@ class WorkerSupervisor:
         cmd = [sys.executable, "-m", "dicomnode", "worker"]
         if self._config_path is not None:
             cmd += ["--config", str(self._config_path)]
+        cmd += ["--parent-pid", str(os.getpid())]  # the worker ends with this process
         proc = subprocess.Popen(cmd, env=os.environ.copy())
         log.info("started worker process %d", proc.pid)
         return proc
@@ -52,6 +55,10 @@ class WorkerSupervisor:
     @property
     def pids(self) -> list[int]:
         return [p.pid for p in self._procs]
+
+    def alive(self) -> tuple[int, int]:
+        """(worker processes running now, workers configured), for /healthz."""
+        return sum(1 for p in list(self._procs) if p.poll() is None), self._count
 
     def run(self, stop: threading.Event) -> None:
         self._procs = [self._spawn() for _ in range(self._count)]
@@ -85,6 +92,7 @@ class Node:
 
     def start(self) -> None:
         s = self.settings
+        preflight(s.node)  # a busy port or unreadable certificate: one line, nothing created
         storage = Storage(
             s.node.data_dir,
             fsync=s.node.fsync,
@@ -95,18 +103,25 @@ class Node:
         _engine, sessions = open_database(s.database_url)
         recorder = InstanceRecorder(sessions)
         reindex_spool(storage, recorder)
-        self._server = start_receiver(s.node, storage, recorder)
+        commitments = CommitmentTracker()
+        self._server = start_receiver(s.node, storage, recorder,
+                                      commitment_reports=commitments.on_event_report)
         if s.web.enabled:
             from dicomnode.web.server import server_listening, start_web_server
 
             self._web = start_web_server(
-                s, sessions, storage, receiver_alive=lambda: server_listening(self._server)
+                s, sessions, storage, receiver_alive=lambda: server_listening(self._server),
+                workers_alive=self.supervisor.alive if s.node.workers > 0 else None,
             )
         assembler = Assembler(sessions, s)
-        interval = max(ASSEMBLER_MIN_INTERVAL_S, min(2.0, s.node.quiet_period_s / 4))
+        shortest = s.node.quiet_period_s
+        if s.sources:  # idle studies from a source PACS are checked sooner
+            shortest = min(shortest, s.node.expected_counts_after_s)
+        interval = max(ASSEMBLER_MIN_INTERVAL_S, min(2.0, shortest / 4))
         exporter = Exporter(
             ExportLog(sessions), s.destinations, s.export,
             data_dir=storage.root, calling_ae_title=s.calling_ae_title,
+            confirmations=ConfirmationLog(sessions), commitments=commitments,
         )
         self._threads = [
             threading.Thread(

@@ -27,6 +27,7 @@ from pipeline import __version__
 from pipeline.errors import ModelError, PipelineError
 from pipeline.runner import OverlayWriter, PipelineRunner
 from pipeline.series import read_series
+from pipeline.shadow import build_registry_classifier, build_shadow, shadow_answer
 from pipeline.stages import Classifier, LesionLocalizer, LungSegmenter
 from pipeline.stages.lung_morphology import MorphologicalLungSegmenter
 from pipeline.types import CTVolume, ModelInfo, StudyResult
@@ -47,6 +48,8 @@ DEFAULT_SETTINGS: Mapping[str, Any] = {
     "device": "auto",
     "threads": 0,
     "overlay": True,
+    "shadow_classifier": "",
+    "primary_classifier": "",
 }
 
 
@@ -60,6 +63,10 @@ class ProcessorConfig:
     device: str = "auto"
     threads: int = 0
     overlay: bool = True
+    # Registry models "NAME@VERSION" (pipeline.shadow): a shadow run beside the primary, and a
+    # promoted primary that replaces ``classifier`` (the node passes the promotion it recorded).
+    shadow_classifier: str = ""
+    primary_classifier: str = ""
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any]) -> ProcessorConfig:
@@ -72,6 +79,8 @@ class ProcessorConfig:
             device=str(merged["device"]),
             threads=int(merged["threads"]),
             overlay=_as_bool("overlay", merged["overlay"]),
+            shadow_classifier=str(merged["shadow_classifier"] or "").strip(),
+            primary_classifier=str(merged["primary_classifier"] or "").strip(),
         )
         if config.classifier not in CLASSIFIERS:
             raise ValueError(f"classifier must be one of {CLASSIFIERS}, got {config.classifier!r}")
@@ -177,10 +186,16 @@ def build_overlay(enabled: bool) -> OverlayWriter | None:
 
 def build_runner(config: ProcessorConfig) -> PipelineRunner:
     """Build every configured stage once (models load here)."""
-    if config.lung_segmentation == "unet" or config.classifier != "none":
+    if config.lung_segmentation == "unet" or config.classifier != "none" or (
+        config.primary_classifier
+    ):
         _set_threads(config.threads)
     lungs = build_lung_segmenter(config.lung_segmentation, config.device)
-    classifier = build_classifier(config.classifier, config.device)
+    classifier = (
+        build_registry_classifier(config.primary_classifier, config.device, compute_cam=True)
+        if config.primary_classifier
+        else build_classifier(config.classifier, config.device)
+    )
     localize = config.localize_lesions
     if localize and classifier is None:
         logger.info("no classifier: lesions come from the localizer's intensity-based fallback")
@@ -195,6 +210,8 @@ class ChestCTProcessor:
         self._config = ProcessorConfig.from_settings(settings)
         started = time.perf_counter()
         self._runner = build_runner(self._config)
+        self._shadow = build_shadow(self._config.shadow_classifier,
+                                    self._config.primary_classifier, self._config.device)
         logger.info(
             "chest-CT processor ready in %.1f s: lungs %s, classifier %s, lesions %s, overlay %s",
             time.perf_counter() - started, self._config.lung_segmentation,
@@ -210,7 +227,11 @@ class ChestCTProcessor:
         started = time.perf_counter()
         # The offline `dicomnode analyze` asks for UID repair; the node only sends valid files.
         repair = bool(request.options.get("repair_uids", False))
-        volume = read_series(request.files, repair_uids=repair)
+        if repair:  # the repair logs one warning per series, not one per malformed value
+            with _quiet_uid_validation():
+                volume = read_series(request.files, repair_uids=True)
+        else:
+            volume = read_series(request.files)
         read_s = time.perf_counter() - started
         logger.info("job %s: series %s read", request.job_id, volume.series_instance_uid)
         return self.analyze_volume(
@@ -232,9 +253,16 @@ class ChestCTProcessor:
         timings = {"read": read_s} if read_s is not None else {}
         timings.update(result.timings_s)
         timings["write"] = time.perf_counter() - started
+        # The shadow classifier: its answer is summarised, never written or exported.
+        shadow = shadow_answer(self._shadow, volume, result.lungs) if self._shadow else None
+        if shadow is not None:
+            timings["shadow"] = float(shadow.get("seconds", 0.0))
         timings["total"] = sum(timings.values())
         objects = tuple(written)
-        return ProcessOutcome(objects=objects, summary=summarize(result, objects, timings))
+        summary = summarize(result, objects, timings)
+        if shadow is not None:
+            summary["shadow"] = shadow
+        return ProcessOutcome(objects=objects, summary=summary)
 
 
 def _number(value: float | None, digits: int = 3) -> float | None:

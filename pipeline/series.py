@@ -23,19 +23,21 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import pixel_array
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, CTImageStorage, ExplicitVRLittleEndian
+from pydicom.valuerep import DA, DT, TM
 
 from dicomnode.contracts.stack import SliceGeometry, Stack, StackError, check_stack
 from pipeline.errors import SeriesError
 from pipeline.geometry import direction_matrix, orientation_axes, orientation_of
 from pipeline.types import CTVolume
-from pipeline.writers.uids import derive_uid, is_valid_uid, uuid_string_to_uid
+from pipeline.uid_repair import repair_uids as repair_series_uids
+from pipeline.writers.uids import derive_uid
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_MIN_SLICES = 10
 DEFAULT_SPACING_TOLERANCE = 0.1  # allowed relative deviation of a slice gap from the median
-# Used for repaired UIDs: a constant root so the same broken input always gets the same UIDs.
-REPAIR_UID_ROOT = "urn:chest-ct-dicomnode:repaired-input"
+MAX_MATRIX = 4096  # a CT slice is 512 x 512; larger matrices are refused before any allocation
+MAX_VOXELS = 2**31  # 8 GiB of float32 HU: far past any chest CT
 CT_SOP_CLASS_UIDS = frozenset({CTImageStorage})
 
 
@@ -53,7 +55,7 @@ def read_series(
     are skipped with a log line. When the CT images belong to several series, pass
     ``series_instance_uid`` to choose one, otherwise a ``SeriesError`` lists them.
     ``repair_uids`` replaces missing or malformed UIDs by deterministic valid ones (see
-    :func:`repair_uids`), for offline analysis of defective exports.
+    :func:`pipeline.uid_repair.repair_uids`), for offline analysis of defective exports.
     """
     started = time.perf_counter()
     datasets: list[Dataset] = []
@@ -104,10 +106,12 @@ def volume_from_datasets(
         raise SeriesError("no CT image among the given files")
     images = _select_series(images, series_instance_uid)
     if repair_uids:
-        _repair_uid_attributes(images)
+        repair_series_uids(images)
     for ds in images:
         _check_single_frame(ds)
         _add_missing_type2(ds)
+        _blank_malformed_dates(ds)
+    _check_size(images)
     stack = _check_stack(images, min_slices, spacing_tolerance)
     sorted_images = [images[i] for i in stack.order]
     first = sorted_images[0]
@@ -191,6 +195,45 @@ def _add_missing_type2(ds: Dataset) -> None:
             setattr(ds, keyword, "")
 
 
+# Dates and times the result objects copy; the analysis needs none of them.
+COPIED_DATE_TIME_KEYWORDS = (
+    "PatientBirthDate", "PatientBirthTime", "StudyDate", "StudyTime", "SeriesDate", "SeriesTime",
+    "AcquisitionDate", "AcquisitionTime", "ContentDate", "ContentTime",
+)
+_DATE_TIME_PARSERS = {"DA": DA, "TM": TM, "DT": DT}
+
+
+def _blank_malformed_dates(ds: Dataset) -> None:
+    """Empty a copied date or time that is not valid DICOM (e.g. a birth date 'notadate'):
+    the writers would refuse to copy it and fail a job over a value the analysis never
+    reads. Only the attribute's name is logged, never its value."""
+    for keyword in COPIED_DATE_TIME_KEYWORDS:
+        if keyword not in ds:
+            continue
+        elem = ds.data_element(keyword)
+        parse = _DATE_TIME_PARSERS.get(elem.VR) if elem is not None else None
+        if elem is None or parse is None or not elem.value:
+            continue
+        try:
+            parse(str(elem.value))
+        except (ValueError, TypeError, OverflowError):
+            elem.value = ""
+            logger.warning("%s is not a valid %s; the result objects carry it empty",
+                           keyword, elem.VR)
+
+
+def _check_size(images: list[Dataset]) -> None:
+    """Refuse matrices past any CT before a voxel is allocated."""
+    rows, cols = int(images[0].Rows), int(images[0].Columns)
+    if not (0 < rows <= MAX_MATRIX and 0 < cols <= MAX_MATRIX) or (
+        len(images) * rows * cols > MAX_VOXELS
+    ):
+        raise SeriesError(
+            f"{len(images)} slices of {rows}x{cols} exceed the supported size "
+            f"(matrix up to {MAX_MATRIX}, {MAX_VOXELS} voxels)"
+        )
+
+
 def _slice_geometry(ds: Dataset) -> SliceGeometry:
     number = ds.get("InstanceNumber", "?")
     if "PixelSpacing" not in ds:
@@ -252,87 +295,6 @@ def _decode_hu(images: list[Dataset], rows: int, cols: int) -> npt.NDArray[np.fl
             target += np.float32(intercept)
         del ds.PixelData
     return hu
-
-
-def repair_uids(datasets: Sequence[Dataset]) -> int:
-    """Replace missing or malformed UIDs of one series in place; return how many changed.
-
-    Bare UUID strings become ``2.25.<int(uuid)>``; empty values are derived from stable header
-    attributes (so the same files always get the same UIDs): the study from patient and study
-    attributes, the series from the study and series attributes, the frame of reference from
-    the series, and each SOP Instance UID from the series, InstanceNumber and position (or from
-    the file meta MediaStorageSOPInstanceUID when that one is valid). A missing SOP Class UID
-    is taken from the file meta. Meant for offline analysis; the node refuses such input.
-    """
-    return _repair_uid_attributes(list(datasets))
-
-
-def _repaired(value: str, *entropy: object) -> str:
-    from_uuid = uuid_string_to_uid(value) if value else None
-    if from_uuid is not None:
-        return from_uuid
-    return derive_uid(REPAIR_UID_ROOT, value, *entropy)
-
-
-def _repair_uid_attributes(datasets: list[Dataset]) -> int:
-    if not datasets:
-        return 0
-    changed = 0
-    first = datasets[0]
-    study_keys = [str(first.get(k, "") or "") for k in (
-        "PatientID", "StudyDate", "StudyTime", "AccessionNumber", "StudyID",
-        "FrameOfReferenceUID",
-    )]
-    series_keys = [str(first.get(k, "") or "") for k in (
-        "SeriesNumber", "SeriesDescription", "SeriesDate", "SeriesTime", "Modality",
-        "FrameOfReferenceUID",
-    )]
-    study_uid = str(first.get("StudyInstanceUID", "") or "")
-    if not is_valid_uid(study_uid):
-        study_uid = _repaired(study_uid, "study", *study_keys)
-    series_uid = str(first.get("SeriesInstanceUID", "") or "")
-    if not is_valid_uid(series_uid):
-        series_uid = _repaired(series_uid, "series", study_uid, *series_keys)
-    frame_uid = str(first.get("FrameOfReferenceUID", "") or "")
-    if not is_valid_uid(frame_uid):
-        frame_uid = _repaired(frame_uid, "frame-of-reference", series_uid)
-    for ds in datasets:
-        for keyword, value in (
-            ("StudyInstanceUID", study_uid),
-            ("SeriesInstanceUID", series_uid),
-            ("FrameOfReferenceUID", frame_uid),
-        ):
-            if str(ds.get(keyword, "") or "") != value:
-                setattr(ds, keyword, value)
-                changed += 1
-        meta = ds.file_meta if hasattr(ds, "file_meta") else FileMetaDataset()
-        if not str(ds.get("SOPClassUID", "") or ""):
-            ds.SOPClassUID = str(meta.get("MediaStorageSOPClassUID", "") or CTImageStorage)
-            changed += 1
-        sop_uid = str(ds.get("SOPInstanceUID", "") or "")
-        if not is_valid_uid(sop_uid):
-            meta_uid = str(meta.get("MediaStorageSOPInstanceUID", "") or "")
-            if is_valid_uid(meta_uid) and not sop_uid:
-                ds.SOPInstanceUID = meta_uid
-            else:
-                position = "\\".join(str(v) for v in ds.get("ImagePositionPatient", []) or [])
-                ds.SOPInstanceUID = _repaired(
-                    sop_uid, "instance", series_uid, ds.get("InstanceNumber", ""),
-                    ds.get("AcquisitionNumber", ""), position,
-                )
-            changed += 1
-        if hasattr(ds, "file_meta"):
-            ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-            ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
-    sop_uids = [str(ds.SOPInstanceUID) for ds in datasets]
-    if len(set(sop_uids)) != len(sop_uids):
-        raise SeriesError("repaired SOP Instance UIDs are not unique (duplicate instances?)")
-    if changed:
-        logger.warning(
-            "repaired %d UID attribute(s) of series %s (%d instances): input had missing or "
-            "malformed UIDs", changed, series_uid, len(datasets),
-        )
-    return changed
 
 
 def ct_headers(

@@ -1,7 +1,7 @@
 """Project-wide fixtures: paths, the real COVID-CT-MD studies with valid UIDs, and real peers.
 
-Missing peers (Orthanc, dcmtk, dicom3tools) or missing shared data fail the test with the
-command that fixes it; they are never skipped.
+Missing peers (Orthanc, dcmtk, dicom3tools, PostgreSQL) or missing shared data fail the test
+with the command that fixes it; they are never skipped.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import pytest
 
 from tests.peers.dcmtk import StorescpPeer
 from tests.peers.orthanc import OrthancError, OrthancPeer, find_plugin
+from tests.peers.postgres import PostgresServer
 from tests.peers.processes import MissingPeerError, find_tool
 from tests.peers.studies import PreparedSeries, prepare_series
 
@@ -99,3 +100,22 @@ def storescp(tmp_path: Path) -> Iterator[StorescpPeer]:
     _require_tool("echoscu")
     with StorescpPeer(out_dir=tmp_path / "received") as peer:
         yield peer
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One real PostgreSQL 15 server for the whole session (see ``tests/peers/postgres.py``)."""
+    try:
+        server = PostgresServer()
+    except MissingPeerError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    with server:
+        yield server
+
+
+@pytest.fixture
+def postgres_url(postgres_server: PostgresServer) -> Iterator[str]:
+    """A fresh, empty database on the session's server: ``postgresql+psycopg://...``."""
+    url = postgres_server.create_database()
+    yield url
+    postgres_server.drop_database(url.rsplit("/", 1)[1])

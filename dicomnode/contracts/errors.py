@@ -11,6 +11,8 @@ class AnalysisError(Exception):
     ``retryable`` says whether running the job again may succeed: False for errors of the
     input itself (a series that cannot be read, a model that cannot load), which repeat on
     every attempt. Subclasses set it; the node's worker reads it through :func:`is_retryable`.
+    The message is shown to operators as it is (``dicomnode.errors.safe_message``): it names
+    the attribute at fault, never a value read from the data set.
     """
 
     retryable: ClassVar[bool] = True

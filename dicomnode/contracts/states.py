@@ -23,5 +23,7 @@ class JobState(enum.StrEnum):
 class ExportState(enum.StrEnum):
     PENDING = "pending"
     SENDING = "sending"
-    SENT = "sent"
+    SENT = "sent"  # the C-STORE/STOW response said success; not yet confirmed
+    COMMITTED = "committed"  # the PACS confirmed it holds the object (commitment or read-back)
     FAILED = "failed"
+    REFUSED = "refused"  # the destination does not take this SOP class; the overlay replaces it

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy import case, or_, select
+from sqlalchemy.orm import Session, aliased, sessionmaker
 
 from dicomnode.contracts import EventKind
-from dicomnode.db.models import Export, ExportState, Job, ResultObject, utcnow
+from dicomnode.db.models import Export, ExportState, Job, ResultObject, Study, utcnow
 from dicomnode.db.records import add_event
 
 
@@ -22,54 +23,128 @@ class ExportTicket:
     sop_class_uid: str
     sop_instance_uid: str
     attempts: int
+    series_instance_uid: str = ""
+    study_instance_uid: str = ""
+
+
+OVERLAY = "OVERLAY"
+
+
+def _ticket(e: Export, r: ResultObject, study_uid: str) -> ExportTicket:
+    return ExportTicket(
+        export_id=e.id,
+        destination=e.destination,
+        path=r.path,
+        kind=r.kind,
+        sop_class_uid=r.sop_class_uid,
+        sop_instance_uid=r.sop_instance_uid,
+        attempts=e.attempts,
+        series_instance_uid=r.series_instance_uid,
+        study_instance_uid=study_uid,
+    )
 
 
 class ExportLog:
     def __init__(self, sessions: sessionmaker[Session]) -> None:
         self._sessions = sessions
 
-    def due(self, now: datetime | None = None, limit: int = 64) -> list[ExportTicket]:
+    def due(
+        self, now: datetime | None = None, limit: int = 64, destination: str | None = None,
+        exclude: Sequence[str] | None = None,
+    ) -> list[ExportTicket]:
+        """Pending exports that are due, SEG and SR first. An overlay object waits while a SEG
+        or SR of its job is still pending for the same destination, so a viewer never shows
+        the overlay series before the structured results."""
         now = now or utcnow()
+        first = aliased(Export)
+        first_obj = aliased(ResultObject)
+        structured_pending = (
+            select(first.id)
+            .join(first_obj, first.result_object_id == first_obj.id)
+            .where(first_obj.job_id == ResultObject.job_id, first_obj.kind != OVERLAY,
+                   first.destination == Export.destination,
+                   first.state.in_((ExportState.PENDING, ExportState.SENDING)))
+            .exists()
+        )
+        query = (
+            select(Export, ResultObject, Study.study_instance_uid)
+            .join(ResultObject, Export.result_object_id == ResultObject.id)
+            .join(Job, ResultObject.job_id == Job.id)
+            .join(Study, Job.study_id == Study.id)
+            .where(Export.state == ExportState.PENDING, Export.next_attempt_at <= now)
+            .where(or_(ResultObject.kind != OVERLAY, ~structured_pending))
+            .order_by(case((ResultObject.kind == OVERLAY, 1), else_=0), Export.next_attempt_at,
+                      Export.id)
+            .limit(limit)
+        )
+        if destination is not None:
+            query = query.where(Export.destination == destination)
+        if exclude is not None:
+            query = query.where(Export.destination.not_in(exclude))
         with self._sessions() as session:
-            rows = session.execute(
-                select(Export, ResultObject)
-                .join(ResultObject, Export.result_object_id == ResultObject.id)
-                .where(Export.state == ExportState.PENDING, Export.next_attempt_at <= now)
-                .order_by(Export.next_attempt_at, Export.id)
-                .limit(limit)
-            )
-            return [
-                ExportTicket(
-                    export_id=e.id,
-                    destination=e.destination,
-                    path=r.path,
-                    kind=r.kind,
-                    sop_class_uid=r.sop_class_uid,
-                    sop_instance_uid=r.sop_instance_uid,
-                    attempts=e.attempts,
-                )
-                for e, r in rows
-            ]
+            return [_ticket(e, r, u) for e, r, u in session.execute(query)]
 
     def _study_of(self, session: Session, export: Export) -> tuple[int, int]:
         obj = session.get_one(ResultObject, export.result_object_id)
         job = session.get_one(Job, obj.job_id)
         return job.study_id, job.id
 
-    def sent(self, export_id: int, status: int) -> None:
+    def sent(self, export_id: int, status: int, confirm_after_s: float | None = None) -> None:
+        self.sent_many([(export_id, status)], confirm_after_s)
+
+    def sent_many(
+        self, outcomes: Sequence[tuple[int, int]], confirm_after_s: float | None = None
+    ) -> None:
+        """Record successful C-STORE/STOW responses in one transaction. With
+        ``confirm_after_s`` the PACS is asked to confirm that long after; None: no check."""
+        if not outcomes:
+            return
+        now = utcnow()
+        check_at = None if confirm_after_s is None else now + timedelta(seconds=confirm_after_s)
+        with self._sessions() as session, session.begin():
+            for export_id, status in outcomes:
+                export = session.get_one(Export, export_id)
+                export.state = ExportState.SENT
+                export.attempts += 1
+                export.last_status = status
+                export.last_error = ""
+                export.sent_at = now
+                export.check_at = check_at
+                export.confirm_attempts = 0
+                study_id, job_id = self._study_of(session, export)
+                obj = session.get_one(ResultObject, export.result_object_id)
+                add_event(
+                    session, study_id, EventKind.EXPORTED,
+                    f"{obj.kind} {obj.sop_instance_uid} to {export.destination}", job_id=job_id,
+                )
+
+    def refused(self, export_id: int, reason: str) -> int:
+        """The destination does not take this object's SOP class: record it, and queue the
+        job's overlay objects for that destination instead; return how many were queued."""
         with self._sessions() as session, session.begin():
             export = session.get_one(Export, export_id)
-            export.state = ExportState.SENT
+            export.state = ExportState.REFUSED
             export.attempts += 1
-            export.last_status = status
-            export.last_error = ""
-            export.sent_at = utcnow()
-            study_id, job_id = self._study_of(session, export)
+            export.last_error = f"{reason}; the overlay series is sent instead"[:2000]
             obj = session.get_one(ResultObject, export.result_object_id)
+            study_id, job_id = self._study_of(session, export)
+            have = set(session.scalars(
+                select(Export.result_object_id).where(Export.destination == export.destination)
+            ))
+            overlays = session.scalars(
+                select(ResultObject).where(ResultObject.job_id == job_id,
+                                           ResultObject.kind == OVERLAY)
+            ).all()
+            added = [o for o in overlays if o.id not in have]
+            for o in added:
+                session.add(Export(result_object_id=o.id, destination=export.destination))
             add_event(
-                session, study_id, EventKind.EXPORTED,
-                f"{obj.kind} {obj.sop_instance_uid} to {export.destination}", job_id=job_id,
+                session, study_id, EventKind.OUTPUT_CHOICE,
+                f"{export.destination} refused {obj.kind} ({reason[:200]}); "
+                f"sending the overlay series instead ({len(added)} more objects queued)",
+                job_id=job_id,
             )
+            return len(added)
 
     def attempt_failed(
         self, export_id: int, status: int | None, error: str, *, max_attempts: int,

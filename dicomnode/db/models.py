@@ -133,6 +133,8 @@ class Job(Base):
     lease_owner: Mapped[str] = mapped_column(String(128), default="")
     lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime())
     heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime())
+    # A failed attempt's retry waits until then (exponential backoff); None: claim at once.
+    next_attempt_at: Mapped[datetime | None] = mapped_column(DateTime())
     # Fixed on first claim, reused on every retry: result UIDs derive from it.
     uid_root: Mapped[str] = mapped_column(String(UID_LEN), default="")
     error: Mapped[str] = mapped_column(Text, default="")
@@ -176,6 +178,10 @@ class Export(Base):
     last_status: Mapped[int | None] = mapped_column(Integer)
     last_error: Mapped[str] = mapped_column(Text, default="")
     sent_at: Mapped[datetime | None] = mapped_column(DateTime())
+    committed_at: Mapped[datetime | None] = mapped_column(DateTime())
+    # When the PACS is next asked whether it holds the object (sent: confirm; committed: verify).
+    check_at: Mapped[datetime | None] = mapped_column(DateTime())
+    confirm_attempts: Mapped[int] = mapped_column(Integer, default=0)
 
     result_object: Mapped[ResultObject] = relationship(back_populates="exports")
 
@@ -191,3 +197,62 @@ class Event(Base):
     job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id"))
     kind: Mapped[str] = mapped_column(String(32))
     message: Mapped[str] = mapped_column(Text, default="")
+
+
+class WebUser(Base):
+    """A person who signs in to the web app; ``role`` is radiologist, operator or admin.
+    ``password_hash`` is an Argon2id hash (``dicomnode.db.users``), never the password."""
+
+    __tablename__ = "web_users"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    role: Mapped[str] = mapped_column(String(16))
+    password_hash: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(), default=utcnow)
+
+
+class WebSession(Base):
+    """A signed-in browser: the cookie is a random secret, only its sha256 is stored. Ended
+    (deleted) at logout; refused after ``expires_at``."""
+
+    __tablename__ = "web_sessions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    secret_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    user_name: Mapped[str] = mapped_column(String(64), index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(), default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(DateTime())
+
+
+class Verdict(Base):
+    """A radiologist's verdict on one job's results: the classification (agree/disagree), each
+    lesion (accept/reject), findings the AI missed. ``models`` holds the job's classifier (and
+    shadow) name, version and answer as they were when the verdict was recorded."""
+
+    __tablename__ = "verdicts"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), index=True)
+    user_name: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(), default=utcnow, index=True)
+    classification: Mapped[str] = mapped_column(String(16))  # agree, disagree
+    findings: Mapped[dict[str, Any]] = mapped_column(JSON)  # lesion number -> accept/reject
+    missed_findings: Mapped[int] = mapped_column(Integer, default=0)
+    comment: Mapped[str] = mapped_column(Text, default="")
+    models: Mapped[dict[str, Any]] = mapped_column(JSON)
+    sr_sop_instance_uid: Mapped[str] = mapped_column(String(UID_LEN), default="")
+
+
+class ActiveClassifier(Base):
+    """Promotions: the newest row names the primary classifier (``NAME@VERSION`` of the model
+    registry), overriding ``[pipeline] classifier`` when the worker starts."""
+
+    __tablename__ = "active_classifier"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(64))
+    version: Mapped[str] = mapped_column(String(64))
+    promoted_at: Mapped[datetime] = mapped_column(DateTime(), default=utcnow)
+    promoted_by: Mapped[str] = mapped_column(String(64))
+    forced: Mapped[bool] = mapped_column(default=False)

@@ -3,7 +3,8 @@ SQL.
 
 A claim is one conditional UPDATE (``WHERE id = ? AND (queued OR lease expired)``), so two
 workers cannot both win a job on SQLite or PostgreSQL. A job whose worker died keeps an
-expired lease and is claimed again; after ``max_attempts`` claims it fails for good.
+expired lease and is claimed again; after ``max_attempts`` claims it fails for good. A failed
+attempt is queued again after an exponential backoff (``next_attempt_at``).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from pydicom.uid import generate_uid
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import ColumnElement, and_, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicomnode.contracts import EventKind, PriorReport, ResultFile, ResultKind
@@ -34,6 +35,8 @@ from dicomnode.db.records import add_event
 
 log = logging.getLogger(__name__)
 
+CLAIM_TRIES = 8  # jobs passed over (lost races, attempts used up) before claim gives up
+
 
 @dataclass(frozen=True)
 class JobTicket:
@@ -48,24 +51,65 @@ class JobTicket:
     files: tuple[str, ...]  # relative to the data directory, in receive order
 
 
+@dataclass(frozen=True)
+class RetryBackoff:
+    """How long a failed attempt waits before its retry: initial * factor ** (attempt - 1)."""
+
+    initial_s: float = 0.0
+    factor: float = 2.0
+    max_s: float = 0.0
+
+    def delay_s(self, attempt: int) -> float:
+        return min(self.max_s, self.initial_s * self.factor ** max(0, attempt - 1))
+
+
+NO_BACKOFF = RetryBackoff()
+
+
 class JobQueue:
-    def __init__(self, sessions: sessionmaker[Session], *, max_attempts: int) -> None:
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        *,
+        max_attempts: int,
+        backoff: RetryBackoff = NO_BACKOFF,
+    ) -> None:
         self._sessions = sessions
         self._max_attempts = max_attempts
+        self._backoff = backoff
 
-    def claim(self, owner: str, lease_s: float, now: datetime | None = None) -> JobTicket | None:
-        """Claim the oldest runnable job for ``owner``; None when there is nothing to do."""
-        now = now or utcnow()
-        runnable = or_(
-            Job.state == JobState.QUEUED,
+    def _runnable(self, now: datetime) -> ColumnElement[bool]:
+        """Queued and past its backoff, or running with an expired lease (its worker died)."""
+        return or_(
+            and_(
+                Job.state == JobState.QUEUED,
+                or_(Job.next_attempt_at.is_(None), Job.next_attempt_at <= now),
+            ),
             and_(Job.state == JobState.RUNNING, Job.lease_expires_at < now),
         )
-        with self._sessions() as session:
-            candidates = list(
-                session.scalars(select(Job.id).where(runnable).order_by(Job.id).limit(8))
-            )
-        for job_id in candidates:
+
+    def claim(
+        self, owner: str, lease_s: float, now: datetime | None = None, *, only: int | None = None
+    ) -> JobTicket | None:
+        """Claim the oldest runnable job for ``owner``; None when there is nothing to do.
+        With ``only``: that job id or nothing (a remote performer claiming one workitem).
+
+        PostgreSQL: ``SELECT ... FOR UPDATE SKIP LOCKED`` lets concurrent workers pass over a
+        row another one is claiming; SQLite serialises writers (BEGIN IMMEDIATE) and ignores
+        it. The conditional UPDATE alone already makes a double claim impossible on both.
+        """
+        now = now or utcnow()
+        runnable = self._runnable(now)
+        if only is not None:
+            runnable = and_(runnable, Job.id == only)
+        for _ in range(CLAIM_TRIES):
             with self._sessions() as session, session.begin():
+                job_id = session.scalar(
+                    select(Job.id).where(runnable).order_by(Job.id).limit(1)
+                    .with_for_update(skip_locked=True)
+                )
+                if job_id is None:
+                    return None
                 claimed = session.execute(
                     update(Job)
                     .where(Job.id == job_id)
@@ -77,46 +121,53 @@ class JobQueue:
                         heartbeat_at=now,
                         attempts=Job.attempts + 1,
                         started_at=now,
+                        next_attempt_at=None,
                     )
                 )
                 if claimed.rowcount != 1:  # type: ignore[attr-defined]
                     continue
-                job = session.get_one(Job, job_id)
-                if job.attempts > self._max_attempts:
-                    job.state = JobState.FAILED
-                    job.finished_at = now
-                    job.error = job.error or "worker stopped during every attempt"
-                    add_event(
-                        session, job.study_id, EventKind.JOB_FAILED,
-                        f"gave up after {job.attempts - 1} attempts: {job.error}", job_id=job.id,
-                    )
-                    log.error("job %d failed for good: %s", job.id, job.error)
-                    continue
-                if not job.uid_root:
-                    job.uid_root = generate_uid(prefix=None)
-                series = session.get_one(Series, job.series_id)
-                study = session.get_one(Study, job.study_id)
-                files = tuple(
-                    session.scalars(
-                        select(Instance.path)
-                        .where(Instance.series_id == job.series_id)
-                        .order_by(Instance.id)
-                    )
-                )
-                add_event(
-                    session, job.study_id, EventKind.JOB_STARTED,
-                    f"attempt {job.attempts} by {owner}", job_id=job.id,
-                )
-                return JobTicket(
-                    job_id=job.id,
-                    study_id=job.study_id,
-                    study_instance_uid=study.study_instance_uid,
-                    series_instance_uid=series.series_instance_uid,
-                    attempt=job.attempts,
-                    uid_root=job.uid_root,
-                    files=files,
-                )
+                ticket = self._start(session, job_id, owner, now)
+                if ticket is not None:
+                    return ticket
         return None
+
+    def _start(self, session: Session, job_id: int, owner: str, now: datetime) -> JobTicket | None:
+        """The ticket of a job just claimed; None (and failed for good) past max_attempts."""
+        job = session.get_one(Job, job_id)
+        if job.attempts > self._max_attempts:
+            job.state = JobState.FAILED
+            job.finished_at = now
+            job.error = job.error or "worker stopped during every attempt"
+            add_event(
+                session, job.study_id, EventKind.JOB_FAILED,
+                f"gave up after {job.attempts - 1} attempts: {job.error}", job_id=job.id,
+            )
+            log.error("job %d failed for good: %s", job.id, job.error)
+            return None
+        if not job.uid_root:
+            job.uid_root = generate_uid(prefix=None)
+        series = session.get_one(Series, job.series_id)
+        study = session.get_one(Study, job.study_id)
+        files = tuple(
+            session.scalars(
+                select(Instance.path)
+                .where(Instance.series_id == job.series_id)
+                .order_by(Instance.id)
+            )
+        )
+        add_event(
+            session, job.study_id, EventKind.JOB_STARTED,
+            f"attempt {job.attempts} by {owner}", job_id=job.id,
+        )
+        return JobTicket(
+            job_id=job.id,
+            study_id=job.study_id,
+            study_instance_uid=study.study_instance_uid,
+            series_instance_uid=series.series_instance_uid,
+            attempt=job.attempts,
+            uid_root=job.uid_root,
+            files=files,
+        )
 
     def heartbeat(self, job_id: int, owner: str, lease_s: float) -> bool:
         """Extend the lease; False if this worker no longer holds the job."""
@@ -166,39 +217,9 @@ class JobQueue:
                 return False
             wanted = list(destinations)
             for res in results:
-                obj = session.scalar(
-                    select(ResultObject).where(
-                        ResultObject.sop_instance_uid == res.sop_instance_uid
-                    )
-                )
-                if obj is None:  # first run; a re-run reuses the rows of the same UIDs
-                    obj = ResultObject(
-                        job_id=job_id,
-                        kind=str(res.kind),
-                        sop_class_uid=res.sop_class_uid,
-                        sop_instance_uid=res.sop_instance_uid,
-                        series_instance_uid=res.series_instance_uid,
-                        path=res.path.as_posix(),
-                    )
-                    session.add(obj)
-                    session.flush()
-                obj.path = res.path.as_posix()
-                existing = {
-                    e.destination: e
-                    for e in session.scalars(
-                        select(Export).where(Export.result_object_id == obj.id)
-                    )
-                }
-                for name, kinds in wanted:
-                    if res.kind not in kinds:
-                        continue
-                    export = existing.get(name)
-                    if export is None:
-                        session.add(Export(result_object_id=obj.id, destination=name))
-                    else:
-                        export.state = ExportState.PENDING
-                        export.attempts = 0
-                        export.next_attempt_at = now
+                obj = _record_result(session, job_id, res)
+                wanting = [name for name, kinds in wanted if res.kind in kinds]
+                _queue_exports(session, obj.id, wanting, now)
             job.state = JobState.DONE
             job.finished_at = now
             job.summary = summary
@@ -221,11 +242,16 @@ class JobQueue:
             job.state = JobState.QUEUED if again else JobState.FAILED
             job.error = error[:4000]
             job.lease_expires_at = None
-            if not again:
+            if again:
+                delay_s = self._backoff.delay_s(job.attempts)
+                job.next_attempt_at = now + timedelta(seconds=delay_s)
+                note = f"; retry in {delay_s:.0f} s"
+            else:
                 job.finished_at = now
+                note = ""
             add_event(
                 session, job.study_id, EventKind.JOB_RETRY if again else EventKind.JOB_FAILED,
-                f"attempt {job.attempts}: {error[:500]}", job_id=job_id,
+                f"attempt {job.attempts}: {error[:500]}{note}", job_id=job_id,
             )
             return job.state
 
@@ -241,7 +267,7 @@ class JobQueue:
             done = session.execute(
                 update(Job)
                 .where(Job.id == job_id, Job.state != JobState.RUNNING)
-                .values(state=JobState.QUEUED, attempts=0, error="")
+                .values(state=JobState.QUEUED, attempts=0, error="", next_attempt_at=None)
             )
             study_id = session.scalar(select(Job.study_id).where(Job.id == job_id))
             if study_id is None:
@@ -250,3 +276,47 @@ class JobQueue:
                 return False
             add_event(session, study_id, EventKind.JOB_REQUEUED, "by operator", job_id=job_id)
         return True
+
+    def has_results(self, job_id: int) -> bool:
+        """True when an earlier attempt of the job completed (its outbox files are in use)."""
+        with self._sessions() as session:
+            found = session.scalar(select(ResultObject.id).where(ResultObject.job_id == job_id))
+            return found is not None
+
+
+def _record_result(session: Session, job_id: int, res: ResultFile) -> ResultObject:
+    """The row of a result file; a re-run reuses the row of the same SOP Instance UID."""
+    obj = session.scalar(
+        select(ResultObject).where(ResultObject.sop_instance_uid == res.sop_instance_uid)
+    )
+    if obj is None:
+        obj = ResultObject(
+            job_id=job_id,
+            kind=str(res.kind),
+            sop_class_uid=res.sop_class_uid,
+            sop_instance_uid=res.sop_instance_uid,
+            series_instance_uid=res.series_instance_uid,
+            path=res.path.as_posix(),
+        )
+        session.add(obj)
+        session.flush()
+    obj.path = res.path.as_posix()
+    return obj
+
+
+def _queue_exports(
+    session: Session, result_object_id: int, destinations: Sequence[str], now: datetime
+) -> None:
+    """One pending export of the object to each destination; an existing row starts over."""
+    existing = {
+        e.destination: e
+        for e in session.scalars(select(Export).where(Export.result_object_id == result_object_id))
+    }
+    for name in destinations:
+        export = existing.get(name)
+        if export is None:
+            session.add(Export(result_object_id=result_object_id, destination=name))
+        else:
+            export.state = ExportState.PENDING
+            export.attempts = 0
+            export.next_attempt_at = now

@@ -6,11 +6,13 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 
 from sqlalchemy import Engine, bindparam, insert, select, update
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.sql.dml import ReturningInsert
 
 from dicomnode.contracts import EventKind
-from dicomnode.db.models import Event, Instance, Series, SeriesState, Study, utcnow
+from dicomnode.db.models import Event, Instance, Job, JobState, Series, SeriesState, Study, utcnow
 
 
 @dataclass(frozen=True)
@@ -51,9 +53,37 @@ def add_event(
     session.add(Event(study_id=study_id, job_id=job_id, kind=kind.value, message=message))
 
 
+@dataclass(frozen=True)
+class StoredInstance:
+    """What the database holds about an instance already received (for duplicate checks)."""
+
+    study_id: int
+    study_instance_uid: str
+    series_instance_uid: str
+    sop_class_uid: str
+    transfer_syntax_uid: str
+    path: str
+
+
 _INSTANCE_COLUMNS = frozenset(c.key for c in Instance.__table__.columns) - {"id"}
 _FIND_INSTANCE = select(Instance.id).where(Instance.sop_instance_uid == bindparam("uid"))
-_INSERT_INSTANCE = insert(Instance).prefix_with("OR IGNORE", dialect="sqlite")
+_STORED_INSTANCE = (
+    select(
+        Study.id, Study.study_instance_uid, Series.series_instance_uid, Instance.sop_class_uid,
+        Instance.transfer_syntax_uid, Instance.path,
+    )
+    .join(Series, Instance.series_id == Series.id)
+    .join(Study, Series.study_id == Study.id)
+    .where(Instance.sop_instance_uid == bindparam("uid"))
+)
+# A duplicate SOP Instance UID (two associations racing) inserts nothing, on either engine;
+# RETURNING tells whether a row went in (rowcount is -1 on PostgreSQL once RETURNING is used).
+_INSERT_INSTANCE: dict[str, ReturningInsert[tuple[int]]] = {
+    "sqlite": insert(Instance).prefix_with("OR IGNORE", dialect="sqlite").returning(Instance.id),
+    "postgresql": postgresql.insert(Instance)
+    .on_conflict_do_nothing(index_elements=["sop_instance_uid"])
+    .returning(Instance.id),
+}
 _TOUCH_SERIES = (
     update(Series)
     .where(Series.id == bindparam("sid"))
@@ -62,6 +92,15 @@ _TOUCH_SERIES = (
         last_received_at=bindparam("now"),
         state=SeriesState.RECEIVING,
     )
+)
+# The newest job of the study an already stored instance belongs to.
+_NEWEST_JOB_OF_INSTANCE = (
+    select(Job.state, Job.study_id)
+    .join(Series, Series.study_id == Job.study_id)
+    .join(Instance, Instance.series_id == Series.id)
+    .where(Instance.sop_instance_uid == bindparam("uid"))
+    .order_by(Job.id.desc())
+    .limit(1)
 )
 _TOUCH_STUDY = (
     update(Study).where(Study.id == bindparam("sid")).values(last_received_at=bindparam("now"))
@@ -85,6 +124,30 @@ class InstanceRecorder:
         with self._reader.connect() as conn:
             found = conn.execute(_FIND_INSTANCE, {"uid": sop_instance_uid})
             return found.first() is not None
+
+    def stored(self, sop_instance_uid: str) -> StoredInstance | None:
+        with self._reader.connect() as conn:
+            row = conn.execute(_STORED_INSTANCE, {"uid": sop_instance_uid}).first()
+        return None if row is None else StoredInstance(*row)
+
+    def record_conflict(self, study_id: int, message: str) -> None:
+        """One 'instance-conflict' line in the study's event log (UIDs and AE titles only)."""
+        with self._sessions() as session, session.begin():
+            add_event(session, study_id, EventKind.INSTANCE_CONFLICT, message)
+
+    def resent(self, sop_instance_uid: str) -> bool:
+        """An instance already stored arrived again. If its study's newest job failed for
+        good, mark the study as received now: after the quiet period the assembler queues the
+        job again (a re-send after a fault is how a modality asks for another try). True then.
+        Otherwise nothing is written: a duplicate of a study that went well changes nothing.
+        """
+        with self._reader.connect() as conn:
+            newest = conn.execute(_NEWEST_JOB_OF_INSTANCE, {"uid": sop_instance_uid}).first()
+        if newest is None or newest.state != JobState.FAILED:
+            return False
+        with self._sessions() as session, session.begin():
+            session.execute(_TOUCH_STUDY, {"sid": newest.study_id, "now": utcnow()})
+        return True
 
     def known_paths(self) -> set[str]:
         with self._sessions() as session:
@@ -112,10 +175,11 @@ class InstanceRecorder:
         with self._sessions() as session, session.begin():
             study_id, series_id = self._ids(session, rec, now)
             conn = session.connection()
+            insert_row = _INSERT_INSTANCE.get(conn.dialect.name, _INSERT_INSTANCE["sqlite"])
             inserted = conn.execute(
-                _INSERT_INSTANCE, {"series_id": series_id, "received_at": now, **values}
+                insert_row, {"series_id": series_id, "received_at": now, **values}
             )
-            if inserted.rowcount != 1:
+            if inserted.first() is None:
                 return False
             conn.execute(_TOUCH_SERIES, {"sid": series_id, "now": now})
             conn.execute(_TOUCH_STUDY, {"sid": study_id, "now": now})

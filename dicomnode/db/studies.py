@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
 from dicomnode.contracts import EventKind
-from dicomnode.db.models import Instance, Job, Series, SeriesState, Study
+from dicomnode.db.models import Instance, Job, JobState, Series, SeriesState, Study
 from dicomnode.db.records import add_event
 from dicomnode.jobs.selection import InstanceGeometry, SeriesCandidate
 
@@ -98,3 +99,51 @@ def enqueue_job(
     add_event(session, study_id, EventKind.JOB_QUEUED, f"{instance_count} instances", job_id=job.id)
     return job.id
 
+
+def requeue_failed(session: Session, job: Job) -> int:
+    """Queue a job that failed for good again (its study was re-sent): fresh attempts."""
+    failed_after = job.attempts
+    job.state = JobState.QUEUED
+    job.attempts = 0
+    job.next_attempt_at = None
+    job.lease_expires_at = None
+    job.finished_at = None
+    add_event(
+        session, job.study_id, EventKind.JOB_REQUEUED,
+        f"study re-sent after the job failed ({failed_after} attempts)", job_id=job.id,
+    )
+    return job.id
+
+
+def idle_studies_from(
+    session: Session, idle_since: datetime, ae_titles: Sequence[str]
+) -> list[tuple[int, str, str, datetime]]:
+    """Studies idle since ``idle_since`` and not evaluated since their newest instance, with
+    instances sent by one of ``ae_titles``: (id, study UID, calling AE title, last received)."""
+    if not ae_titles:
+        return []
+    rows = session.execute(
+        select(Study.id, Study.study_instance_uid, Instance.calling_ae_title,
+               Study.last_received_at)
+        .join(Series, Series.study_id == Study.id)
+        .join(Instance, Instance.series_id == Series.id)
+        .where(Study.last_received_at <= idle_since)
+        .where(or_(Study.evaluated_at.is_(None), Study.evaluated_at < Study.last_received_at))
+        .where(Instance.calling_ae_title.in_(ae_titles))
+        .distinct(),
+    )
+    seen: dict[int, tuple[int, str, str, datetime]] = {}
+    for study_id, uid, aet, last in rows:
+        seen.setdefault(study_id, (study_id, uid, aet, last))
+    return sorted(seen.values())
+
+
+def instance_counts(session: Session, study_id: int) -> dict[str, int]:
+    """Series Instance UID -> instances the node holds, for one study."""
+    rows = session.execute(
+        select(Series.series_instance_uid, func.count(Instance.id))
+        .join(Instance, Instance.series_id == Series.id)
+        .where(Series.study_id == study_id)
+        .group_by(Series.series_instance_uid)
+    )
+    return {uid: int(n) for uid, n in rows}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import socket
 import threading
 import time
@@ -20,7 +21,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from dicomnode.config import Settings
 from dicomnode.contracts import ProcessRequest, ResultFile, ResultKind, is_retryable
 from dicomnode.db.leases import release_dead_local_leases
-from dicomnode.db.queue import JobQueue, JobTicket
+from dicomnode.db.queue import JobQueue, JobTicket, RetryBackoff
+from dicomnode.errors import safe_message
 from dicomnode.jobs.processing import Processor
 from dicomnode.receiving.storage import Storage
 
@@ -43,7 +45,9 @@ class Worker:
         self._settings = settings
         self._storage = storage
         self._processor = processor
-        self._queue = JobQueue(sessions, max_attempts=settings.worker.max_attempts)
+        w = settings.worker
+        backoff = RetryBackoff(w.backoff_initial_s, w.backoff_factor, w.backoff_max_s)
+        self._queue = JobQueue(sessions, max_attempts=w.max_attempts, backoff=backoff)
         self._sessions = sessions
         self.owner = owner or worker_id()
 
@@ -64,13 +68,13 @@ class Worker:
             self._run(ticket)
         except Exception as exc:
             retry = is_retryable(exc)
-            state = self._queue.fail(
-                ticket.job_id, self.owner, f"{type(exc).__name__}: {exc}", retry=retry
-            )
+            message = safe_message(exc)
+            self._discard_partial_outbox(ticket.job_id)
+            state = self._queue.fail(ticket.job_id, self.owner, message, retry=retry)
+            # No traceback: its frames' text may quote a value of the data set.
             log.error(
                 "job %d (series %s) failed on attempt %d: %s (now %s)",
-                ticket.job_id, ticket.series_instance_uid, ticket.attempt, exc, state.value,
-                exc_info=not retry,
+                ticket.job_id, ticket.series_instance_uid, ticket.attempt, message, state.value,
             )
         else:
             log.info(
@@ -111,6 +115,15 @@ class Worker:
         self._queue.complete(
             ticket.job_id, self.owner, results, dict(outcome.summary), destinations
         )
+
+    def _discard_partial_outbox(self, job_id: int) -> None:
+        """Remove what a failed attempt wrote (a full disk stays full otherwise); the outbox
+        of a job that completed before (an operator's re-run) holds objects still exported."""
+        if self._queue.has_results(job_id):
+            return
+        folder = self._storage.outbox_dir(job_id)
+        shutil.rmtree(folder, ignore_errors=True)
+        log.info("job %d: partial outbox removed", job_id)
 
     def _heartbeat(self, job_id: int, stop: threading.Event) -> None:
         while not stop.wait(self._settings.worker.heartbeat_s):

@@ -12,14 +12,22 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from pydicom import Dataset
+from pydicom import Dataset, dcmread
 from pynetdicom.events import Event
 from sqlalchemy.exc import SQLAlchemyError
 
-from dicomnode.db.records import InstanceRecorder
+from dicomnode.db.records import InstanceRecorder, StoredInstance
 from dicomnode.receiving.headers import instance_record
+from dicomnode.receiving.limits import pixel_problem
+from dicomnode.receiving.messages import refusal_of
 from dicomnode.receiving.statuses import StoreStatus
-from dicomnode.receiving.storage import DiskFullError, InvalidUIDError, Storage, check_uid
+from dicomnode.receiving.storage import (
+    DiskFullError,
+    InvalidUIDError,
+    Storage,
+    check_uid,
+    is_valid_uid,
+)
 
 log = logging.getLogger(__name__)
 
@@ -47,24 +55,33 @@ def handle_echo(event: Event) -> int:
     return int(StoreStatus.SUCCESS)
 
 
-def handle_store(event: Event, storage: Storage, recorder: InstanceRecorder) -> Dataset:
+def handle_store(
+    event: Event, storage: Storage, recorder: InstanceRecorder, max_bytes: int = 2**40
+) -> Dataset:
     """Store one instance; every refusal names its reason in the status and in the log."""
     request: Any = event.request
     calling = str(event.assoc.requestor.ae_title).strip()
     sop_uid = str(request.AffectedSOPInstanceUID or "")
     sop_class = str(request.AffectedSOPClassUID or "")
+    refusal = refusal_of(request)
+    if refusal is not None:
+        return _refuse(refusal[0], refusal[1], sop_uid, calling)
+    try:
+        check_uid("Affected SOP Instance UID", sop_uid)
+    except InvalidUIDError as exc:
+        return _refuse(StoreStatus.INVALID_SOP_INSTANCE_UID, str(exc), sop_uid, calling)
+    if not is_valid_uid(sop_class):
+        return _refuse(StoreStatus.DATASET_DOES_NOT_MATCH_SOP_CLASS,
+                       "Affected SOP Class UID is not a valid UID", sop_uid, calling)
     try:
         ds = event.dataset
     except Exception as exc:  # pydicom raises many types on a corrupt stream
         return _refuse(
             StoreStatus.CANNOT_UNDERSTAND, f"data set cannot be decoded ({exc})", sop_uid, calling
         )
-    try:
-        check_uid("Affected SOP Instance UID", sop_uid)
-        if str(ds.get("SOPInstanceUID", "")) != sop_uid:
-            raise InvalidUIDError("SOPInstanceUID in data set differs from the request")
-    except InvalidUIDError as exc:
-        return _refuse(StoreStatus.INVALID_SOP_INSTANCE_UID, str(exc), sop_uid, calling)
+    if str(ds.get("SOPInstanceUID", "")) != sop_uid:
+        return _refuse(StoreStatus.INVALID_SOP_INSTANCE_UID,
+                       "SOPInstanceUID in data set differs from the request", sop_uid, calling)
     if str(ds.get("SOPClassUID", "")) != sop_class:
         return _refuse(
             StoreStatus.DATASET_DOES_NOT_MATCH_SOP_CLASS,
@@ -72,6 +89,14 @@ def handle_store(event: Event, storage: Storage, recorder: InstanceRecorder) -> 
             sop_uid,
             calling,
         )
+    transfer_syntax = str(getattr(getattr(event, "context", None), "transfer_syntax", "") or
+                          "1.2.840.10008.1.2.1")
+    try:
+        problem = pixel_problem(ds, transfer_syntax, max_bytes)
+    except Exception as exc:  # a value that cannot be read is a data set we cannot understand
+        problem = (StoreStatus.CANNOT_UNDERSTAND, f"pixel attributes unreadable ({exc})")
+    if problem is not None:
+        return _refuse(problem[0], problem[1], sop_uid, calling)
     study_uid = str(ds.get("StudyInstanceUID", ""))
     series_uid = str(ds.get("SeriesInstanceUID", ""))
     try:
@@ -84,6 +109,26 @@ def handle_store(event: Event, storage: Storage, recorder: InstanceRecorder) -> 
         return _store_once(event, ds, path, sop_uid, sop_class, calling, storage, recorder)
 
 
+def _conflict(
+    ds: Dataset, stored: StoredInstance, sop_class: str, transfer_syntax: str, storage: Storage
+) -> str:
+    """Why a re-sent instance differs from the stored one ("" when it is the same instance)."""
+    if stored.study_instance_uid != str(ds.get("StudyInstanceUID", "")):
+        return "already stored in another study"
+    if stored.series_instance_uid != str(ds.get("SeriesInstanceUID", "")):
+        return "already stored in another series"
+    if stored.sop_class_uid != sop_class:
+        return "already stored with another SOP Class"
+    if stored.transfer_syntax_uid == transfer_syntax and "PixelData" in ds:
+        try:
+            kept = dcmread(storage.absolute(stored.path)).get("PixelData")
+        except Exception:  # an unreadable stored copy is for recovery, not a conflict
+            return ""
+        if kept != ds.PixelData:
+            return "already stored with other pixel data"
+    return ""
+
+
 def _store_once(
     event: Event,
     ds: Dataset,
@@ -94,10 +139,20 @@ def _store_once(
     storage: Storage,
     recorder: InstanceRecorder,
 ) -> Dataset:
+    transfer_syntax = str(event.context.transfer_syntax)
     try:
-        if recorder.exists(sop_uid):
-            log.debug("instance %s already stored; acknowledged without rewriting", sop_uid)
-            return _status(StoreStatus.SUCCESS)
+        stored = recorder.stored(sop_uid)
+        if stored is not None:
+            reason = _conflict(ds, stored, sop_class, transfer_syntax, storage)
+            if not reason:
+                log.debug("instance %s already stored; acknowledged without rewriting", sop_uid)
+                recorder.resent(sop_uid)
+                return _status(StoreStatus.SUCCESS)
+            recorder.record_conflict(
+                stored.study_id, f"instance {sop_uid} from {calling} refused: {reason}"
+            )
+            return _refuse(StoreStatus.UID_CONFLICT, f"SOP Instance UID {reason}", sop_uid,
+                           calling)
         size = storage.write_instance(path, event.encoded_dataset(include_meta=True))
     except DiskFullError as exc:
         return _refuse(StoreStatus.OUT_OF_RESOURCES, str(exc), sop_uid, calling)
@@ -108,7 +163,7 @@ def _store_once(
     record = instance_record(
         ds,
         sop_class_uid=sop_class,
-        transfer_syntax_uid=str(event.context.transfer_syntax),
+        transfer_syntax_uid=transfer_syntax,
         path=storage.relative(path),
         size_bytes=size,
         calling_ae_title=calling,

@@ -10,16 +10,21 @@ from __future__ import annotations
 import logging
 import socket
 import ssl
+import threading
 from typing import Any
 
-from pynetdicom import AE, AllStoragePresentationContexts, evt
+from pynetdicom import AE, AllStoragePresentationContexts, _config, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
 from dicomnode.config import NodeSettings
 from dicomnode.db.records import InstanceRecorder
+from dicomnode.errors import ConfigError
+from dicomnode.receiving.admission import AdmissionRules, log_rejection
 from dicomnode.receiving.handlers import handle_echo, handle_store
+from dicomnode.receiving.messages import install_lenient_uid_validator
 from dicomnode.receiving.storage import Storage
+from dicomnode.receiving.wire import make_server
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +38,12 @@ ACCEPTED_TRANSFER_SYNTAXES: tuple[str, ...] = (
     "1.2.840.10008.1.2.4.90",  # JPEG 2000 Lossless Only
     "1.2.840.10008.1.2.5",  # RLE Lossless
 )
+
+
+# What we announce when [node] maximum_pdu_size = 0: large enough that a CT slice travels in one
+# PDU, small enough that a PDU never holds a whole oversized data set in memory (a PDU longer
+# than announced closes the connection, see ``wire.ReplaySocket``).
+DEFAULT_MAX_PDU_BYTES = 4 * 1024 * 1024
 
 
 def set_tcp_nodelay(sock: socket.socket | None) -> None:
@@ -51,6 +62,9 @@ def set_tcp_nodelay(sock: socket.socket | None) -> None:
 DUL_POLL_INTERVAL_S = 0.0002
 
 
+STORAGE_COMMITMENT_PUSH = "1.2.840.10008.1.20.1"
+
+
 def _on_conn_open(event: Any) -> None:
     set_tcp_nodelay(getattr(event.assoc.dul.socket, "socket", None))
     dul = event.assoc.dul
@@ -66,13 +80,38 @@ def _on_released_or_aborted(event: Any) -> None:
     )
 
 
+def _on_rejected(event: Any) -> None:
+    """pynetdicom's own rejections (admission logs its own): the association limit."""
+    assoc = event.assoc
+    try:
+        peer: Any = (assoc.requestor.address, assoc.requestor.port)
+    except (AttributeError, ValueError):
+        peer = "unknown"
+    log_rejection(
+        peer, str(assoc.requestor.ae_title), str(assoc.acceptor.ae_title),
+        f"rejected by the DICOM layer (all {assoc.ae.maximum_associations} association "
+        "slots in use, or no acceptable negotiation)",
+    )
+
+
+def admission_rules(settings: NodeSettings) -> AdmissionRules:
+    return AdmissionRules(
+        ae_title=settings.ae_title,
+        require_called_aet=settings.require_called_aet,
+        allowed_calling_aets=tuple(a.strip() for a in settings.allowed_calling_aets),
+        timeout_s=settings.association_request_timeout_s,
+        max_per_peer=settings.max_associations_per_peer,
+        max_pending=settings.max_pending_connections,
+    )
+
+
 def build_ae(settings: NodeSettings) -> AE:
     ae = AE(ae_title=settings.ae_title)
     ae.maximum_associations = settings.max_associations
     ae.acse_timeout = settings.acse_timeout_s
     ae.dimse_timeout = settings.dimse_timeout_s
     ae.network_timeout = settings.network_timeout_s
-    ae.maximum_pdu_size = settings.maximum_pdu_size
+    ae.maximum_pdu_size = settings.maximum_pdu_size or DEFAULT_MAX_PDU_BYTES
     ae.require_called_aet = settings.require_called_aet
     ae.require_calling_aet = list(settings.allowed_calling_aets)
     ae.add_supported_context(Verification)
@@ -94,26 +133,62 @@ def tls_context(settings: NodeSettings) -> ssl.SSLContext | None:
     return ctx
 
 
+def preflight(settings: NodeSettings) -> None:
+    """Fail with one clear line, before anything is created, if the receiver cannot start:
+    an unreadable TLS certificate or key, or a DICOM port that is taken or not ours to bind."""
+    try:
+        tls_context(settings)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(
+            f"cannot use the TLS certificate {settings.tls_cert} / key {settings.tls_key}: "
+            f"{exc.strerror or exc}"
+        ) from None
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((settings.host, settings.port))
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}"
+                " (is another DICOM node running there?)"
+            ) from None
+
+
 def start_receiver(
-    settings: NodeSettings, storage: Storage, recorder: InstanceRecorder
+    settings: NodeSettings, storage: Storage, recorder: InstanceRecorder,
+    commitment_reports: Any = None,
 ) -> ThreadedAssociationServer:
-    """Start listening in background threads; the caller stops it with ``server.shutdown()``."""
+    """Start listening in background threads; the caller stops it with ``server.shutdown()``.
+
+    ``commitment_reports``: an EVT_N_EVENT_REPORT handler; when given, the receiver also
+    accepts Storage Commitment reports (a PACS confirming the objects the exporter sent)."""
     ae = build_ae(settings)
     handlers: list[Any] = [
         (evt.EVT_CONN_OPEN, _on_conn_open),
         (evt.EVT_C_ECHO, handle_echo),
-        (evt.EVT_C_STORE, handle_store, [storage, recorder]),
+        (evt.EVT_C_STORE, handle_store,
+         [storage, recorder, settings.max_instance_mb * 1024 * 1024]),
         (evt.EVT_RELEASED, _on_released_or_aborted),
         (evt.EVT_ABORTED, _on_released_or_aborted),
     ]
-    server = ae.start_server(
-        (settings.host, settings.port),
-        block=False,
-        evt_handlers=handlers,
-        ssl_context=tls_context(settings),
+    # Received command UIDs are validated by the handler, which answers a failure status;
+    # pynetdicom's default validation would abort the association instead.
+    install_lenient_uid_validator()
+    # pynetdicom's "standard" handlers narrate every PDU and message: costly and not logged.
+    _config.LOG_HANDLER_LEVEL = "none"
+    handlers.append((evt.EVT_REJECTED, _on_rejected))
+    if commitment_reports is not None:
+        ae.add_supported_context(STORAGE_COMMITMENT_PUSH, scu_role=True, scp_role=True)
+        handlers.append((evt.EVT_N_EVENT_REPORT, commitment_reports))
+    server = make_server(
+        ae, (settings.host, settings.port), ssl_context=tls_context(settings),
+        handlers=handlers, rules=admission_rules(settings),
+        max_data_set_bytes=settings.max_instance_mb * 1024 * 1024,
     )
-    if server is None:  # only a blocking server returns None
-        raise RuntimeError("pynetdicom did not return the server it started")
+    thread = threading.Thread(target=server.serve_forever, name="dicom-accept", daemon=True)
+    thread.start()
+    ae._servers.append(server)
     log.info(
         "receiver %s listening on %s:%d%s",
         settings.ae_title,

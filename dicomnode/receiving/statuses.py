@@ -13,9 +13,11 @@ import enum
 class StoreStatus(enum.IntEnum):
     SUCCESS = 0x0000
     OUT_OF_RESOURCES = 0xA700  # disk full or under the free-space reserve
+    INSTANCE_TOO_LARGE = 0xA701  # data set (inflated, or its decoded pixels) over max_instance_mb
     DATASET_DOES_NOT_MATCH_SOP_CLASS = 0xA900  # SOP Class UID differs from the request's
     CANNOT_UNDERSTAND = 0xC210  # the data set cannot be decoded
     PROCESSING_FAILURE = 0xC211  # unexpected error while storing (same code pynetdicom uses)
     INVALID_SOP_INSTANCE_UID = 0xC220  # missing, malformed, or differs from the request's
     INVALID_STUDY_OR_SERIES_UID = 0xC221  # missing or malformed Study/Series Instance UID
+    UID_CONFLICT = 0xC222  # SOP Instance UID already stored with another study/series/content
     CANNOT_RECORD = 0xC230  # file written but the database row could not be committed

@@ -10,9 +10,10 @@ import dataclasses
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Query
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from sqlalchemy.orm import Session
 
+from dicomnode.db.audit import record_action
 from dicomnode.db.exports import ExportLog
 from dicomnode.db.models import ExportState, JobState
 from dicomnode.db.queries.counts import totals
@@ -21,9 +22,11 @@ from dicomnode.db.queries.jobs import job_detail, job_state, list_jobs
 from dicomnode.db.queries.studies import list_studies, study_detail, study_timeline
 from dicomnode.db.queries.views import ExportView, JobView
 from dicomnode.db.queue import JobQueue
+from dicomnode.web.auth import require_role
 from dicomnode.web.context import WebContext, get_ctx, get_session, release
 
 MAX_PAGE = 1000
+OPERATOR_ROLES = ("operator", "admin")  # who may retry exports and requeue jobs
 
 router = APIRouter(prefix="/api", tags=["api"])
 
@@ -153,10 +156,15 @@ def exports(
 
 
 @router.post("/exports/{export_id}/retry")
-def retry(export_id: int, session: SessionDep, ctx: CtxDep) -> dict[str, Any]:
+def retry(export_id: int, request: Request, session: SessionDep, ctx: CtxDep) -> dict[str, Any]:
     """Operator action: send the export again now (state back to pending, attempts to 0)."""
+    who = require_role(request, *OPERATOR_ROLES)
     try:
-        return {"export": plain(retry_export(ctx, session, export_id))}
+        view = retry_export(ctx, session, export_id)
+        release(session)
+        record_action(ctx.sessions, who.name, "export-retry", f"export {export_id} sent again",
+                      export_id=export_id)
+        return {"export": plain(view)}
     except LookupError as exc:
         raise HTTPException(status_code=404, detail=str(exc)) from exc
     except ActionRefusedError as exc:
@@ -165,12 +173,17 @@ def retry(export_id: int, session: SessionDep, ctx: CtxDep) -> dict[str, Any]:
 
 @router.post("/jobs/{job_id}/exports/retry")
 def retry_exports(
-    job_id: int, destination: Annotated[str, Query(min_length=1)], session: SessionDep,
-    ctx: CtxDep,
+    job_id: int, destination: Annotated[str, Query(min_length=1)], request: Request,
+    session: SessionDep, ctx: CtxDep,
 ) -> dict[str, Any]:
     """Operator action: send every failed export of the job to ``destination`` again now."""
+    who = require_role(request, *OPERATOR_ROLES)
     try:
         count = retry_job_exports(ctx, session, job_id, destination)
+        release(session)
+        record_action(ctx.sessions, who.name, "export-retry",
+                      f"{count} failed export(s) of job {job_id} to {destination[:64]} sent again",
+                      job_id=job_id)
     except LookupError as exc:
         raise HTTPException(status_code=404, detail=str(exc)) from exc
     except ActionRefusedError as exc:
@@ -179,10 +192,15 @@ def retry_exports(
 
 
 @router.post("/jobs/{job_id}/requeue")
-def requeue(job_id: int, session: SessionDep, ctx: CtxDep) -> dict[str, Any]:
+def requeue(job_id: int, request: Request, session: SessionDep, ctx: CtxDep) -> dict[str, Any]:
     """Operator action: queue the job again (same result UIDs, same result objects)."""
+    who = require_role(request, *OPERATOR_ROLES)
     try:
-        return {"job": plain(requeue_job(ctx, session, job_id))}
+        view = requeue_job(ctx, session, job_id)
+        release(session)
+        record_action(ctx.sessions, who.name, "job-requeue", f"job {job_id} queued again",
+                      job_id=job_id)
+        return {"job": plain(view)}
     except LookupError as exc:
         raise HTTPException(status_code=404, detail=str(exc)) from exc
     except ActionRefusedError as exc:

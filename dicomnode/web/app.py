@@ -14,46 +14,21 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy.orm import Session, sessionmaker
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from dicomnode import __version__
 from dicomnode.config import Settings
 from dicomnode.receiving.storage import Storage
-from dicomnode.web import api, dicomweb, health, metrics, pages
+from dicomnode.web import api, dicomweb, health, metrics, pages, stow, ups, verdicts
 from dicomnode.web.auth import Authenticator, AuthMiddleware
 from dicomnode.web.context import WebContext
 from dicomnode.web.dicomjson import HeaderCache
 from dicomnode.web.ohif import find_ohif_dir, ohif_router
 from dicomnode.web.proxy import DicomwebProxy, proxy_router
+from dicomnode.web.security import SecurityHeaders
 
 log = logging.getLogger(__name__)
 
 STATIC_DIR = pages.TEMPLATES_DIR.with_name("static")
-SECURITY_HEADERS = (
-    (b"x-content-type-options", b"nosniff"),
-    (b"referrer-policy", b"same-origin"),
-)
-
-
-class SecurityHeaders:
-    """Adds headers every response should carry (no MIME sniffing, no referrer leaks)."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-
-        async def send_with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                names = {name.lower() for name, _ in message.get("headers", [])}
-                extra = [(k, v) for k, v in SECURITY_HEADERS if k not in names]
-                message["headers"] = list(message.get("headers", [])) + extra
-            await send(message)
-
-        await self.app(scope, receive, send_with_headers)
 
 
 def create_app(
@@ -63,6 +38,7 @@ def create_app(
     *,
     receiver_alive: Callable[[], bool] | None = None,
     proxy_transport: object | None = None,
+    workers_alive: Callable[[], tuple[int, int]] | None = None,
 ) -> FastAPI:
     """Build the web app. Raises ConfigError when authentication is not configured safely
     (``auth = "token"`` without a token, ``basic`` without user and password).
@@ -72,7 +48,7 @@ def create_app(
     proxy mode.
     """
     web = settings.web
-    authenticator = Authenticator(web)
+    authenticator = Authenticator(web, sessions)
     if web.auth == "none":
         log.warning("web app without authentication ([web] auth = 'none'): closed networks only")
     ohif_dir = find_ohif_dir(web.ohif_dir)
@@ -103,6 +79,7 @@ def create_app(
         headers=HeaderCache(storage.root),
         ohif_dir=ohif_dir,
         receiver_alive=receiver_alive,
+        workers_alive=workers_alive,
     )
     app.state.authenticator = authenticator
     app.state.templates = pages.make_templates()
@@ -112,6 +89,9 @@ def create_app(
     app.include_router(metrics.router)
     app.include_router(api.router)
     app.include_router(pages.router)
+    app.include_router(ups.router)  # UPS-RS and STOW-RS for remote workers, before a proxy
+    app.include_router(stow.router)
+    app.include_router(verdicts.router)
     if proxy is not None:
         app.include_router(proxy_router(proxy))
     else:

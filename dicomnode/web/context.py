@@ -23,6 +23,8 @@ class WebContext:
     headers: HeaderCache
     ohif_dir: Path | None  # None: no prebuilt viewer found
     receiver_alive: Callable[[], bool] | None = None
+    # (alive, configured) local worker processes; None where this process supervises none.
+    workers_alive: Callable[[], tuple[int, int]] | None = None
 
 
 def get_ctx(request: Request) -> WebContext:
@@ -36,9 +38,20 @@ def get_session(request: Request) -> Iterator[Session]:
         yield session
 
 
+def public_root(settings: Settings) -> str:
+    """Where clients reach the web app: ``[web] base_url``, else ``http://<host>:<port>``.
+    Never the request's Host header, which the client chooses."""
+    web = settings.web
+    if web.base_url:
+        return web.base_url.rstrip("/")
+    host = "localhost" if web.host in ("0.0.0.0", "::", "") else web.host
+    host = f"[{host}]" if ":" in host else host
+    return f"http://{host}:{web.port}"
+
+
 def dicomweb_base(request: Request) -> str:
-    """This origin's DICOMweb root as the client addressed it (for RetrieveURL, BulkDataURI)."""
-    return str(request.base_url).rstrip("/") + "/dicom-web"
+    """This node's DICOMweb root (for RetrieveURL, BulkDataURI), from the configuration."""
+    return public_root(get_ctx(request).settings) + "/dicom-web"
 
 
 def release(session: Session) -> None:

@@ -9,6 +9,7 @@ is decoded here (pylibjpeg, pyjpegls or GDCM through pydicom) to little-endian n
 from __future__ import annotations
 
 import io
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from pydicom import Dataset, dcmread
 from pydicom.encaps import generate_frames
+from pydicom.errors import InvalidDicomError
 from pydicom.pixels import pixel_array
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
@@ -26,6 +28,15 @@ NATIVE_LITTLE_ENDIAN = frozenset({ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 class FrameError(ValueError):
     """The instance has no pixel data or no such frame."""
+
+
+class StoredFileError(OSError):
+    """The stored file is not readable DICOM (truncated, corrupt): an OSError, so the WADO
+    handlers answer it as an unreadable file with a message, not as a crash."""
+
+
+_DECODE_ERRORS = (InvalidDicomError, ValueError, KeyError, AttributeError, TypeError,
+                  IndexError, EOFError, struct.error, NotImplementedError, RuntimeError)
 
 
 @dataclass(frozen=True)
@@ -54,7 +65,18 @@ def read_frames(path: Path, numbers: Sequence[int], *, keep_encoding: bool) -> l
 
     With ``keep_encoding`` a compressed frame is returned as stored with its transfer syntax;
     otherwise, and for uncompressed data, as Explicit VR Little Endian native bytes.
+    FrameError for a missing frame, StoredFileError when the file cannot be decoded.
     """
+    try:
+        return _read_frames(path, numbers, keep_encoding=keep_encoding)
+    except FrameError:
+        raise
+    except _DECODE_ERRORS as exc:
+        raise StoredFileError(
+            f"the stored file cannot be decoded ({type(exc).__name__})") from exc
+
+
+def _read_frames(path: Path, numbers: Sequence[int], *, keep_encoding: bool) -> list[Frame]:
     ds = dcmread(path)
     if "PixelData" not in ds:
         raise FrameError("the instance has no pixel data")

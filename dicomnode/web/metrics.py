@@ -35,6 +35,7 @@ from dicomnode import __version__
 from dicomnode.contracts import EventKind
 from dicomnode.db.models import utcnow
 from dicomnode.db.queries import counts as count_queries
+from dicomnode.review.gauges import validation_metrics
 from dicomnode.web.context import get_ctx, get_session
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"  # what generate_latest writes
@@ -200,6 +201,7 @@ class NodeCollector(Collector):
         yield _histogram("dicomnode_job_seconds",
                          "Duration of finished jobs, from the start of their last attempt.",
                          None, [("", self._timings.jobs)])
+        yield from validation_metrics(session)
 
 
 def render(session: Session, timings: JobTimings, receiver_up: bool | None) -> bytes:
@@ -213,4 +215,5 @@ def render(session: Session, timings: JobTimings, receiver_up: bool | None) -> b
 def metrics(request: Request, session: Annotated[Session, Depends(get_session)]) -> Response:
     ctx = get_ctx(request)
     alive = ctx.receiver_alive() if ctx.receiver_alive is not None else None
-    return Response(render(session, request.app.state.job_timings, alive), media_type=CONTENT_TYPE)
+    return Response(render(session, request.app.state.job_timings, alive),
+                    media_type=CONTENT_TYPE)

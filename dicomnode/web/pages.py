@@ -18,17 +18,28 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from dicomnode import __version__
+from dicomnode.db.audit import record_action
+from dicomnode.db.dashboard import study_extras
 from dicomnode.db.models import utcnow
 from dicomnode.db.queries.counts import totals
 from dicomnode.db.queries.exports import failed_export_groups
 from dicomnode.db.queries.jobs import list_jobs
 from dicomnode.db.queries.studies import list_studies, study_detail
-from dicomnode.web.api import ActionRefusedError, requeue_job, retry_export, retry_job_exports
-from dicomnode.web.auth import COOKIE_NAME, local_target
+from dicomnode.review.verdicts import verdicts_of_jobs
+from dicomnode.web.api import (
+    OPERATOR_ROLES,
+    ActionRefusedError,
+    requeue_job,
+    retry_export,
+    retry_job_exports,
+)
+from dicomnode.web.auth import COOKIE_NAME, local_target, principal_of, require_role
 from dicomnode.web.context import WebContext, get_ctx, get_session, release
 from dicomnode.web.resultgroups import group_results
+from dicomnode.web.studydates import study_date
 from dicomnode.web.timeline import fold_events
 
 log = logging.getLogger(__name__)
@@ -44,6 +55,7 @@ NOTICES = {
     "exports-retried": ("ok", "{count} failed export(s) of job {id} queued to be sent again."),
     "job-requeued": ("ok", "Job {id} queued to run again."),
     "refused": ("error", "Not done: {reason}"),
+    "verdict-recorded": ("ok", "Verdict on job {id} recorded; its review SR is queued for export."),
 }
 
 router = APIRouter(include_in_schema=False)
@@ -114,11 +126,15 @@ def _render(request: Request, name: str, context: dict[str, Any], status: int = 
     base = {
         "viewer_installed": ctx.ohif_dir is not None,
         "auth_mode": ctx.settings.web.auth,
+        "user": principal_of(request),
         "ae_title": ctx.settings.node.ae_title,
         "notice": notice,
         "now": utcnow(),
     }
     return templates.TemplateResponse(request, name, {**base, **context}, status_code=status)
+
+
+render = _render  # for the pages of other modules (verdicts, validation)
 
 
 @router.get("/node")
@@ -130,10 +146,15 @@ def node_root() -> Response:
 def dashboard(
     request: Request, session: SessionDep, offset: Annotated[int, Query(ge=0)] = 0
 ) -> Response:
-    """Totals, failed exports, recent studies and jobs."""
+    """Totals, failed exports, recent studies (classification, verdict, date) and jobs."""
+    studies = list_studies(session, limit=STUDIES_PER_PAGE, offset=offset)
+    extras = study_extras(session, [s.study_instance_uid for s in studies])
+    root = get_ctx(request).storage.root
     context = {
         "totals": totals(session),
-        "studies": list_studies(session, limit=STUDIES_PER_PAGE, offset=offset),
+        "studies": studies,
+        "extras": extras,
+        "study_dates": {uid: study_date(root, e.instance_path) for uid, e in extras.items()},
         "offset": offset,
         "page_size": STUDIES_PER_PAGE,
         "jobs": list_jobs(session, limit=JOBS_ON_DASHBOARD),
@@ -147,10 +168,11 @@ def dashboard(
 def study_page(study_uid: str, request: Request, session: SessionDep) -> Response:
     """One study: timeline, series with skip reasons, jobs, result objects, exports."""
     detail = study_detail(session, study_uid)
+    verdicts = verdicts_of_jobs(session, [j.job_id for j in detail.jobs]) if detail else {}
     release(session)
     if detail is None:
         return _render(request, "not_found.html", {"what": f"study {study_uid}"}, status=404)
-    return _render(request, "study.html", {"detail": detail})
+    return _render(request, "study.html", {"detail": detail, "verdicts": verdicts})
 
 
 def _back(target: str | None, study_uid: str, **params: str) -> Response:
@@ -162,27 +184,36 @@ def _back(target: str | None, study_uid: str, **params: str) -> Response:
 
 @router.post("/node/exports/{export_id}/retry")
 def retry_form(
-    export_id: int, session: SessionDep, ctx: CtxDep, next_url: NextUrl = None
+    export_id: int, request: Request, session: SessionDep, ctx: CtxDep, next_url: NextUrl = None
 ) -> Response:
     """The retry button of a failed export; back to the page it was pressed on."""
+    who = require_role(request, *OPERATOR_ROLES)
     try:
         view = retry_export(ctx, session, export_id)
     except (LookupError, ActionRefusedError) as exc:
         return _back(next_url, "", notice="refused", reason=str(exc))
+    release(session)
+    record_action(ctx.sessions, who.name, "export-retry", f"export {export_id} sent again",
+                  export_id=export_id)
     log.info("export %d queued again by an operator", export_id)
     return _back(next_url, view.study_instance_uid, notice="export-retried", id=str(export_id))
 
 
 @router.post("/node/jobs/{job_id}/retry-exports")
 def retry_exports_form(
-    job_id: int, destination: Annotated[str, Query(min_length=1)], session: SessionDep,
-    ctx: CtxDep, next_url: NextUrl = None,
+    job_id: int, destination: Annotated[str, Query(min_length=1)], request: Request,
+    session: SessionDep, ctx: CtxDep, next_url: NextUrl = None,
 ) -> Response:
     """The "retry all" button of a job's failed exports to one destination."""
+    who = require_role(request, *OPERATOR_ROLES)
     try:
         count = retry_job_exports(ctx, session, job_id, destination)
     except (LookupError, ActionRefusedError) as exc:
         return _back(next_url, "", notice="refused", reason=str(exc))
+    release(session)
+    record_action(ctx.sessions, who.name, "export-retry",
+                  f"{count} failed export(s) of job {job_id} to {destination[:64]} sent again",
+                  job_id=job_id)
     log.info("%d failed export(s) of job %d to %s queued again by an operator", count, job_id,
              destination)
     return _back(next_url, "", notice="exports-retried", id=str(job_id), count=str(count))
@@ -190,13 +221,17 @@ def retry_exports_form(
 
 @router.post("/node/jobs/{job_id}/requeue")
 def requeue_form(
-    job_id: int, session: SessionDep, ctx: CtxDep, next_url: NextUrl = None
+    job_id: int, request: Request, session: SessionDep, ctx: CtxDep, next_url: NextUrl = None
 ) -> Response:
     """The requeue button of a failed or finished job."""
+    who = require_role(request, *OPERATOR_ROLES)
     try:
         view = requeue_job(ctx, session, job_id)
     except (LookupError, ActionRefusedError) as exc:
         return _back(next_url, "", notice="refused", reason=str(exc))
+    release(session)
+    record_action(ctx.sessions, who.name, "job-requeue", f"job {job_id} queued again",
+                  job_id=job_id)
     log.info("job %d queued again by an operator", job_id)
     return _back(next_url, view.study_instance_uid, notice="job-requeued", id=str(job_id))
 
@@ -204,35 +239,44 @@ def requeue_form(
 @router.get("/login", response_class=HTMLResponse)
 def login_form(request: Request, next_url: NextUrl = None) -> Response:
     target = local_target(next_url, "/node/")
-    if get_ctx(request).settings.web.auth != "token":
+    if not request.app.state.authenticator.page_logins:
         return RedirectResponse(target, status_code=303)
     return _render(request, "login.html", {"next": target, "error": ""})
 
 
 @router.post("/login", response_class=HTMLResponse)
 async def login(request: Request) -> Response:
-    """Check the token from the form; on success set the session cookie and go on."""
-    ctx = get_ctx(request)
-    if ctx.settings.web.auth != "token":
+    """Check the form (user name and password, or the token); on success open a new
+    server-side session, set its cookie and go on."""
+    authenticator = request.app.state.authenticator
+    if not authenticator.page_logins:
         return RedirectResponse("/node/", status_code=303)
     body = await request.body()
     fields = parse_qs(body[:LOGIN_BODY_MAX_BYTES].decode("utf-8", "replace"))
-    token = (fields.get("token") or [""])[0]
-    target = local_target((fields.get("next") or [""])[0], "/node/")
-    authenticator = request.app.state.authenticator
-    if not authenticator.token_ok(token):
+
+    def field(name: str) -> str:
+        return (fields.get(name) or [""])[0]
+
+    secret = field("token") if authenticator.mode == "token" else field("password")
+    target = local_target(field("next"), "/node/")
+    principal = await run_in_threadpool(authenticator.login, field("username"), secret)
+    if principal is None:
         log.warning("failed web login from %s", request.client.host if request.client else "?")
-        return _render(
-            request, "login.html", {"next": target, "error": "That token is not valid."},
-            status=401,
-        )
+        return _render(request, "login.html",
+                       {"next": target, "error": "Those credentials are not valid."}, status=401)
+    session_secret = await run_in_threadpool(authenticator.users.open_session, principal)
     response = RedirectResponse(target, status_code=303)
-    authenticator.set_cookie(response, secure=request.url.scheme == "https")
+    authenticator.set_cookie(response, session_secret, secure=request.url.scheme == "https")
+    log.info("web login of %s", principal.name)
     return response
 
 
 @router.post("/logout")
-def logout() -> Response:
+def logout(request: Request) -> Response:
+    """End the session on the server (its cookie is refused from now on) and in the browser."""
+    secret = request.cookies.get(COOKIE_NAME, "")
+    if secret:
+        request.app.state.authenticator.users.end_session(secret)
     response = RedirectResponse("/login", status_code=303)
     response.delete_cookie(COOKIE_NAME, path="/")
     return response

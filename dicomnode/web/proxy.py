@@ -21,6 +21,8 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import Response, StreamingResponse
 from starlette.background import BackgroundTask
 
+from dicomnode.web.context import dicomweb_base
+
 log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT_S = 10.0
@@ -130,7 +132,7 @@ class DicomwebProxy:
             document = json.loads(raw)
         except ValueError:
             return Response(raw, status_code=status, headers=headers)
-        local_root = str(request.base_url).rstrip("/") + "/dicom-web"
+        local_root = dicomweb_base(request)
         document = rewrite_bulk_uris(document, self.upstream_public, local_root)
         body = json.dumps(document, separators=(",", ":")).encode("utf-8")
         return Response(body, status_code=status, headers=headers)

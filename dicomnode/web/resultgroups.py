@@ -16,9 +16,11 @@ from dicomnode.db.models import ExportState
 from dicomnode.db.queries.views import ExportView, ResultView
 
 # listed object by object
-ATTENTION_STATES = (ExportState.FAILED.value, ExportState.PENDING.value, ExportState.SENDING.value)
-_STATE_ORDER = tuple(s.value for s in (ExportState.SENT, ExportState.SENDING, ExportState.PENDING,
-                                      ExportState.FAILED))
+ATTENTION_STATES = (ExportState.FAILED.value, ExportState.PENDING.value, ExportState.SENDING.value,
+                    ExportState.REFUSED.value)
+_STATE_ORDER = tuple(s.value for s in (ExportState.COMMITTED, ExportState.SENT,
+                                      ExportState.SENDING, ExportState.PENDING,
+                                      ExportState.REFUSED, ExportState.FAILED))
 
 
 @dataclass(frozen=True)

@@ -89,9 +89,12 @@ def start_web_server(
     storage: Storage,
     *,
     receiver_alive: Callable[[], bool] | None = None,
+    workers_alive: Callable[[], tuple[int, int]] | None = None,
 ) -> WebServer:
     """Build the app from ``settings.web`` and serve it; the caller stops it with ``stop()``."""
-    app = create_app(settings, sessions, storage, receiver_alive=receiver_alive)
+    app = create_app(
+        settings, sessions, storage, receiver_alive=receiver_alive, workers_alive=workers_alive
+    )
     server = WebServer(app, settings.web.host, settings.web.port)
     server.start()
     return server

@@ -1,10 +1,16 @@
-"""Fixtures for the node's own tests: small synthetic CT instances, a database, a receiver."""
+"""Fixtures for the node's own tests: small synthetic CT instances, a database, a receiver.
+
+The database: ``settings`` uses the ``database_url`` fixture, which follows ``db_backend``
+("sqlite" unless a module asks for more). A DB-facing module runs every test on both engines
+with ``pytestmark = both_backends``: the embedded SQLite file and a real PostgreSQL 15 server
+(``tests/peers/postgres.py``), where each test gets its own database copied from a template
+that the migrations built once per session.
+"""
 
 from __future__ import annotations
 
-import socket
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -20,12 +26,15 @@ from dicomnode.db.engine import open_database
 from dicomnode.db.records import InstanceRecorder
 from dicomnode.receiving.scp import start_receiver
 from dicomnode.receiving.storage import Storage
+from tests.peers.ports import free_port
+from tests.peers.postgres import PostgresServer
 
+__all__ = ["free_port"]  # imported from here by the node's tests
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+BACKENDS = ("sqlite", "postgresql")
+PG_TEMPLATE = "node_template"
+# Every test of a module marked with this runs once per database engine.
+both_backends = pytest.mark.parametrize("db_backend", BACKENDS, indirect=True)
 
 
 def det_uid(*parts: str) -> str:
@@ -86,8 +95,40 @@ def ct_series(n: int, **kwargs: object) -> list[Dataset]:
     return [ct_dataset(study, series, i, **kwargs) for i in range(n)]  # type: ignore[arg-type]
 
 
+@pytest.fixture(scope="session")
+def db_backend(request: pytest.FixtureRequest) -> str:
+    """"sqlite" (the default) or "postgresql" when the module is marked ``both_backends``."""
+    return str(getattr(request, "param", "sqlite"))
+
+
+@pytest.fixture(scope="session")
+def pg_template(postgres_server: PostgresServer) -> str:
+    """A database the migrations brought to the newest schema once: the per-test template."""
+    url = postgres_server.create_database(PG_TEMPLATE)
+    engine, _ = open_database(url)
+    engine.dispose()
+    return PG_TEMPLATE
+
+
+def new_database(request: pytest.FixtureRequest, backend: str) -> tuple[str, Callable[[], None]]:
+    """A fresh database for ``backend``: its URL ("" = the node's SQLite file) and a drop."""
+    if backend == "sqlite":
+        return "", lambda: None
+    server: PostgresServer = request.getfixturevalue("postgres_server")
+    url = server.create_database(template=request.getfixturevalue("pg_template"))
+    return url, lambda: server.drop_database(url.rsplit("/", 1)[1])
+
+
 @pytest.fixture()
-def settings(tmp_path: Path) -> Settings:
+def database_url(request: pytest.FixtureRequest, db_backend: str) -> Iterator[str]:
+    """The test's own database: "" (SQLite in the data directory) or a PostgreSQL URL."""
+    url, drop = new_database(request, db_backend)
+    yield url
+    drop()
+
+
+@pytest.fixture()
+def settings(tmp_path: Path, database_url: str) -> Settings:
     base = load_settings(None)
     node = replace(
         base.node,
@@ -96,6 +137,7 @@ def settings(tmp_path: Path) -> Settings:
         data_dir=tmp_path / "data",
         quiet_period_s=0.5,
         min_free_disk_mb=1,
+        database_url=database_url,
     )
     return replace(base, node=node)
 

@@ -38,31 +38,37 @@ def test_requeue_refuses_a_running_job_and_queues_a_finished_one(sessions, queue
         queue.requeue(queued_job + 1000)
 
 
+def _race(queue: JobQueue, job_id: int, owner: str) -> tuple[object, list[bool]]:
+    """One claim and two requeues released together; (the claim's ticket, the requeues)."""
+    start = threading.Barrier(3)
+    tickets: list[object] = []
+    outcomes: list[bool] = []
+
+    def claim() -> None:
+        start.wait()
+        tickets.append(queue.claim(owner, 60))
+
+    def requeue() -> None:
+        start.wait()
+        outcomes.append(queue.requeue(job_id))
+
+    threads = [threading.Thread(target=f) for f in (claim, requeue, requeue)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert len(outcomes) == 2 and len(tickets) == 1
+    return tickets[0], outcomes
+
+
 def test_two_requeues_raced_against_a_claim_never_double_claim(sessions, queued_job) -> None:
     queue = JobQueue(sessions, max_attempts=100)
     for round_ in range(15):
         _set_state(sessions, queued_job, JobState.DONE)
-        start = threading.Barrier(3)
-        tickets: list[object] = []
-        outcomes: list[bool] = []
-
-        def claim(owner: str = f"w:{round_}") -> None:
-            start.wait()
-            tickets.append(queue.claim(owner, 60))
-
-        def requeue() -> None:
-            start.wait()
-            outcomes.append(queue.requeue(queued_job))
-
-        threads = [threading.Thread(target=f) for f in (claim, requeue, requeue)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(timeout=30)
-        assert len(outcomes) == 2 and len(tickets) == 1
+        ticket, outcomes = _race(queue, queued_job, f"w:{round_}")
         with sessions() as session:
             job = session.get_one(Job, queued_job)
-        if tickets[0] is not None:
+        if ticket is not None:
             # The claim won: every requeue after it was refused, so the job is still held by
             # this worker and a second worker gets nothing.
             assert (job.state, job.lease_owner) == (JobState.RUNNING, f"w:{round_}")
@@ -70,6 +76,3 @@ def test_two_requeues_raced_against_a_claim_never_double_claim(sessions, queued_
         else:
             # Both requeues ran before the claim looked: the job waits for a worker.
             assert job.state == JobState.QUEUED and all(outcomes)
-        with sessions() as session:  # leave it running-free for the next round
-            session.get_one(Job, queued_job).state = JobState.DONE
-            session.commit()

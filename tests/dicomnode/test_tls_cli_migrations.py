@@ -16,13 +16,13 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
-from sqlalchemy import create_engine
 
+from dicomnode.db.engine import open_database
 from dicomnode.db.models import Base
 from dicomnode.db.records import InstanceRecorder
 from dicomnode.receiving.scp import start_receiver
 
-from .conftest import ct_series
+from .conftest import both_backends, ct_series
 from .test_worker_and_exporter import FakePacs, _exporter, _run_job
 
 REPO = Path(__file__).resolve().parents[2]
@@ -66,9 +66,14 @@ def test_tls_receiver_accepts_tls_and_refuses_plain(settings, storage, sessions,
         server.shutdown()
 
 
-def test_migrations_build_exactly_the_models_schema(settings, sessions) -> None:
+@both_backends
+def test_migrations_build_exactly_the_models_schema(db_backend, request, tmp_path) -> None:
     """The Alembic history, applied to an empty database, matches the typed models."""
-    engine = create_engine(settings.database_url)
+    if db_backend == "sqlite":
+        url = f"sqlite:///{tmp_path / 'empty.sqlite'}"
+    else:
+        url = request.getfixturevalue("postgres_url")
+    engine, _ = open_database(url)
     with engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
     engine.dispose()

@@ -23,7 +23,9 @@ from dicomnode.delivering.exporter import Exporter
 from dicomnode.jobs.worker import Worker
 from pipeline.errors import ModelError, SeriesError
 
-from .conftest import ct_series, free_port
+from .conftest import both_backends, ct_series, free_port
+
+pytestmark = both_backends
 
 
 class CopyProcessor:
@@ -94,7 +96,7 @@ def test_worker_runs_job_and_queues_exports(settings, sessions, storage, queued_
 def _state_after_failure(settings, sessions, storage, job_id: int, error: Exception) -> JobState:
     with sessions() as session:
         job = session.get_one(Job, job_id)
-        job.state, job.attempts, job.error = JobState.QUEUED, 0, ""
+        job.state, job.attempts, job.error, job.next_attempt_at = JobState.QUEUED, 0, "", None
         session.commit()
     Worker(settings, sessions, storage, CopyProcessor(error), "t:1").run_once()
     with sessions() as session:

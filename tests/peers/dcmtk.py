@@ -198,7 +198,11 @@ class StorescpPeer:
         port: int | None = None,
         extra_args: Sequence[str] = (),
         bit_preserving: bool = True,
+        profile: tuple[Path, str] | None = None,
     ) -> None:
+        """``profile``: an association configuration file and profile name (``-xf``) that
+        replace the accept-everything defaults, e.g. a PACS refusing some SOP classes."""
+        self._profile = profile
         self._own_tmp: tempfile.TemporaryDirectory[str] | None = None
         if out_dir is None:
             self._own_tmp = tempfile.TemporaryDirectory(prefix="storescp-peer-")
@@ -220,8 +224,12 @@ class StorescpPeer:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         args = [
             str(find_tool("storescp")), "-aet", self.aet, "-od", str(self.out_dir),
-            "-fe", ".dcm", "+xa", "-pm", "-dhl",
+            "-fe", ".dcm", "-dhl",
         ]
+        if self._profile is None:
+            args += ["+xa", "-pm"]
+        else:
+            args += ["-xf", str(self._profile[0]), self._profile[1]]
         if self._bit_preserving:
             args.append("+B")
         args += [*self._extra_args, str(self.port)]

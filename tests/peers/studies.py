@@ -9,16 +9,13 @@ round-trip; :func:`make_large_series` builds a longer series for the ingest benc
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pydicom
-from pydicom import config as pydicom_config
 from pydicom.dataset import Dataset
 from pydicom.uid import (
     UID,
@@ -28,9 +25,19 @@ from pydicom.uid import (
     JPEG2000Lossless,
     JPEGLSLossless,
     RLELossless,
-    generate_uid,
 )
-from pydicom.valuerep import validate_value
+
+from dicomnode.tools.uidfix import (  # noqa: F401 - re-exported for the fixtures' users
+    REFERENCE_SEQUENCES,
+    UID_PART_SEPARATOR,
+    derived_uid,
+    frame_of_reference_uid,
+    hashed_uid,
+    instance_uid,
+    is_valid_uid,
+    lenient_reading,
+    set_identity,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +48,6 @@ COVID_SERIES_DIR = COVID_CT_MD_DIR / "series" / "COVID-19" / "P002"
 CAP_SERIES_DIR = COVID_CT_MD_DIR / "series" / "CAP" / "cap002"
 
 LARGE_SERIES_SLICES = 300
-UID_PART_SEPARATOR = "|"
 
 ENCODED_TRANSFER_SYNTAXES: frozenset[str] = frozenset(
     {JPEGLSLossless, JPEG2000Lossless, RLELossless}
@@ -51,25 +57,10 @@ NATIVE_TRANSFER_SYNTAXES: frozenset[str] = frozenset(
 )
 RECOMPRESS_TARGETS = ENCODED_TRANSFER_SYNTAXES | NATIVE_TRANSFER_SYNTAXES
 
-# Sequences whose items reference other instances; an item with an empty or invalid
-# ReferencedSOPInstanceUID (as in COVID-CT-MD) is dropped by the rewrite.
-REFERENCE_SEQUENCES = ("ReferencedImageSequence", "SourceImageSequence")
 
 
 class StudyPreparationError(RuntimeError):
     """A test study could not be rewritten or recompressed faithfully."""
-
-
-@contextlib.contextmanager
-def lenient_reading() -> Iterator[None]:
-    """Read files with invalid UIDs without pydicom warnings (they are what we repair)."""
-    settings = pydicom_config.settings
-    previous = settings.reading_validation_mode
-    settings.reading_validation_mode = pydicom_config.IGNORE
-    try:
-        yield
-    finally:
-        settings.reading_validation_mode = previous
 
 
 def read_dataset(path: Path, stop_before_pixels: bool = False) -> Dataset:
@@ -91,17 +82,6 @@ def series_files(src_dir: Path) -> list[Path]:
     return sorted(p for p in src_dir.rglob("*") if p.is_file() and p.name != "DICOMDIR")
 
 
-def is_valid_uid(value: object) -> bool:
-    """True for a non-empty value that pydicom accepts as VR UI (PS3.5 9.1)."""
-    if not isinstance(value, str) or not value:
-        return False
-    try:
-        validate_value("UI", value, pydicom_config.RAISE)
-    except ValueError:
-        return False
-    return True
-
-
 def uid_problems(ds: Dataset) -> list[str]:
     """Human-readable UID defects that keep ``ds`` from being stored (empty = none)."""
     with lenient_reading():
@@ -121,72 +101,6 @@ def _uid_problems(ds: Dataset) -> list[str]:
     if media_uid != str(ds.get("SOPInstanceUID", "")) or not media_uid:
         problems.append(f"MediaStorageSOPInstanceUID {media_uid!r} does not match SOPInstanceUID")
     return problems
-
-
-def _is_uuid(value: str) -> bool:
-    try:
-        uuid.UUID(value)
-    except ValueError:
-        return False
-    return "-" in value
-
-
-def hashed_uid(*parts: str) -> str:
-    """A UID that depends only on ``parts`` (pydicom's root + SHA-512 of the joined parts).
-
-    ``generate_uid`` is deterministic only with a prefix; without one it returns a random UUID.
-    """
-    return str(generate_uid(entropy_srcs=[UID_PART_SEPARATOR.join(parts)]))
-
-
-def derived_uid(original: str, salt: str, role: str) -> str:
-    """A deterministic valid UID replacing ``original``.
-
-    Without a salt a valid UID is kept and a bare UUID becomes ``2.25.<int(uuid)>`` (PS3.5
-    B.2); otherwise (or with a salt) the UID is :func:`hashed_uid` of role, original, salt.
-    """
-    if not salt:
-        if is_valid_uid(original):
-            return original
-        if _is_uuid(original):
-            return f"2.25.{uuid.UUID(original).int}"
-    return hashed_uid(role, original, salt)
-
-
-def instance_uid(series_uid: str, instance_number: int) -> str:
-    """The SOPInstanceUID of image ``instance_number`` of series ``series_uid``."""
-    return hashed_uid("instance", series_uid, str(instance_number))
-
-
-def frame_of_reference_uid(series_uid: str) -> str:
-    """One FrameOfReferenceUID per (rewritten) series."""
-    return hashed_uid("frame-of-reference", series_uid)
-
-
-def _drop_broken_references(ds: Dataset) -> None:
-    for keyword in REFERENCE_SEQUENCES:
-        if keyword not in ds:
-            continue
-        kept = [
-            item for item in ds[keyword].value
-            if is_valid_uid(str(item.get("ReferencedSOPInstanceUID", "")))
-        ]
-        if kept:
-            ds[keyword].value = kept
-        else:
-            del ds[keyword]
-
-
-def _set_identity(
-    ds: Dataset, study_uid: str, series_uid: str, sop_uid: str, for_uid: str
-) -> None:
-    ds.StudyInstanceUID = study_uid
-    ds.SeriesInstanceUID = series_uid
-    ds.SOPInstanceUID = sop_uid
-    ds.FrameOfReferenceUID = for_uid
-    _drop_broken_references(ds)
-    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
-    ds.file_meta.MediaStorageSOPInstanceUID = UID(sop_uid)
 
 
 def _instance_number(ds: Dataset, path: Path) -> int:
@@ -227,7 +141,7 @@ def rewrite_uids(src_dir: Path, dst_dir: Path, salt: str = "") -> list[Path]:
         for_uid = old_for if not salt and is_valid_uid(old_for) else frame_of_reference_uid(
             series_uid
         )
-        _set_identity(ds, study_uid, series_uid, sop_uid, for_uid)
+        set_identity(ds, study_uid, series_uid, sop_uid, for_uid)
         out = dst_dir / path.relative_to(src_dir)
         out.parent.mkdir(parents=True, exist_ok=True)
         ds.save_as(out, enforce_file_format=True)
@@ -346,7 +260,7 @@ def make_large_series(
         index = phase if phase < len(headers) else period - phase
         ds = read_dataset(headers[index][1])
         number = k + 1
-        _set_identity(ds, study_uid, series_uid, instance_uid(series_uid, number), for_uid)
+        set_identity(ds, study_uid, series_uid, instance_uid(series_uid, number), for_uid)
         z = top_z - k * spacing_mm
         x, y = (float(v) for v in ds.ImagePositionPatient[:2])
         ds.ImagePositionPatient = [x, y, round(z, 4)]

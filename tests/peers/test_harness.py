@@ -28,6 +28,7 @@ from tests.peers.dicom3tools import dcentvfy_errors, dciodvfy_errors
 from tests.peers.multipart import payloads
 from tests.peers.orthanc import OrthancError, OrthancPeer, dicom_json_value
 from tests.peers.ports import free_port, free_ports, port_accepts
+from tests.peers.postgres import PostgresServer
 from tests.peers.processes import MissingPeerError, find_tool
 from tests.peers.studies import (
     PreparedSeries,
@@ -358,3 +359,25 @@ def test_orthanc_peer_reports_startup_failure_with_log(tmp_path: Path) -> None:
         bad.start()
     bad.stop()
     assert bad.log_path.exists()
+
+
+# ------------------------------------------------------------------ PostgreSQL
+def test_postgres_peer_gives_each_test_its_own_database(
+    postgres_url: str, postgres_server: PostgresServer
+) -> None:
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(postgres_url)
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE t (x integer)"))
+        conn.execute(text("INSERT INTO t VALUES (1), (2)"))
+        version = conn.execute(text("SHOW server_version")).scalar_one()
+    engine.dispose()
+    assert str(version).startswith("15")
+    template = postgres_url.rsplit("/", 1)[1]
+    copy = postgres_server.create_database(template=template)
+    engine = create_engine(copy)
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT sum(x) FROM t")).scalar_one() == 3
+    engine.dispose()
+    postgres_server.drop_database(copy.rsplit("/", 1)[1])

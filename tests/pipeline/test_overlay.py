@@ -38,7 +38,7 @@ from pipeline.writers.overlay import (
     lung_slices,
     write_overlay,
 )
-from tests.pipeline.conftest import dciodvfy_errors
+from tests.peers.dicom3tools import dciodvfy_errors
 
 UID_ROOT = "2.25.314159265358979"
 SHAPE = (12, 128, 128)

@@ -14,8 +14,9 @@ from dicomnode.jobs.processing import Processor, load_processor
 from pipeline import processor as processor_module
 from pipeline.errors import ModelError, SeriesError
 from pipeline.processor import SUMMARY_FILE_NAME, ChestCTProcessor, analyze_files
+from tests.peers.dicom3tools import dciodvfy_errors
 from tests.peers.studies import PreparedSeries
-from tests.pipeline.conftest import Phantom, dciodvfy_errors, slice_datasets, write_datasets
+from tests.pipeline.conftest import Phantom, slice_datasets, write_datasets
 
 MORPHOLOGY_ONLY = {
     "lung_segmentation": "morphological", "classifier": "none", "localize_lesions": False,

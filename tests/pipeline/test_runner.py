@@ -12,7 +12,8 @@ from dicomnode.contracts import ResultFile
 from pipeline.runner import PipelineRunner, write_results
 from pipeline.stages.lung_morphology import MorphologicalLungSegmenter
 from pipeline.types import Classification, CTVolume, Lesion, LungMask, ModelInfo, StudyResult
-from tests.pipeline.conftest import Phantom, dciodvfy_errors, make_result, sphere_lesion
+from tests.peers.dicom3tools import dciodvfy_errors
+from tests.pipeline.conftest import Phantom, make_result, sphere_lesion
 
 
 class RecordingLungs:

@@ -19,8 +19,9 @@ from pydicom.uid import (
 )
 
 from pipeline.errors import SeriesError
-from pipeline.series import read_series, repair_uids, volume_from_array, volume_from_datasets
+from pipeline.series import read_series, volume_from_array, volume_from_datasets
 from pipeline.types import CTVolume
+from pipeline.uid_repair import repair_uids
 from pipeline.writers.uids import is_valid_uid
 from tests.pipeline.conftest import read_header, slice_datasets, write_datasets
 

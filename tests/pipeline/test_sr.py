@@ -22,7 +22,8 @@ from pipeline.writers.sr import (
     sr_uids,
     write_sr,
 )
-from tests.pipeline.conftest import dciodvfy_errors, dsrdump_text, make_result
+from tests.peers.dicom3tools import dciodvfy_errors
+from tests.pipeline.conftest import dsrdump_text, make_result
 
 UID_ROOT = "2.25.3333"
 

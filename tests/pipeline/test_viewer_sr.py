@@ -35,7 +35,8 @@ from pipeline.writers.viewer_sr import (
     viewer_sr_uids,
     write_viewer_sr,
 )
-from tests.pipeline.conftest import dciodvfy_errors, dsrdump_text, make_result
+from tests.peers.dicom3tools import dciodvfy_errors
+from tests.pipeline.conftest import dsrdump_text, make_result
 
 UID_ROOT = "2.25.4444"
 POLYGON_AREA_TOLERANCE = 0.10  # outline area vs voxel-count area of a ~12 mm lesion slice

@@ -41,7 +41,7 @@ from dicomnode.jobs.worker import Worker
 from dicomnode.receiving.headers import instance_record
 from dicomnode.receiving.storage import Storage
 from dicomnode.web.app import create_app
-from tests.dicomnode.conftest import ct_dataset, free_port
+from tests.dicomnode.conftest import ct_dataset, free_port, new_database
 
 TOKEN = "test-token-0123456789abcdef"
 COMPREHENSIVE_SR = "1.2.840.10008.5.1.4.1.1.88.33"
@@ -197,12 +197,12 @@ def _rle(ds: Dataset) -> Dataset:
     return ds
 
 
-def build_node_state(tmp: Path) -> NodeState:
+def build_node_state(tmp: Path, database_url: str = "") -> NodeState:
     base = load_settings(None)
     settings = replace(
         base,
         node=replace(base.node, data_dir=tmp / "data", port=free_port(), quiet_period_s=0.5,
-                     min_free_disk_mb=1, fsync=False),
+                     min_free_disk_mb=1, fsync=False, database_url=database_url),
         selection=replace(base.selection, min_slices=5),
         destinations=(
             Destination("pacs", "PACS", "127.0.0.1", 104, ("SEG", "SR")),
@@ -275,19 +275,27 @@ def make_client(state: NodeState, app: FastAPI | None = None, *, auth: bool = Tr
 
 
 @pytest.fixture(scope="module")
-def node_state(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeState]:
-    """Shared by the tests of one module that only read."""
-    state = build_node_state(tmp_path_factory.mktemp("node"))
+def node_state(
+    request: pytest.FixtureRequest, db_backend: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[NodeState]:
+    """Shared by the tests of one module that only read (per database backend)."""
+    url, drop = new_database(request, db_backend)
+    state = build_node_state(tmp_path_factory.mktemp("node"), url)
     yield state
     state.engine.dispose()
+    drop()
 
 
 @pytest.fixture()
-def fresh_state(tmp_path: Path) -> Iterator[NodeState]:
+def fresh_state(
+    request: pytest.FixtureRequest, db_backend: str, tmp_path: Path
+) -> Iterator[NodeState]:
     """A node of its own, for tests that change state."""
-    state = build_node_state(tmp_path)
+    url, drop = new_database(request, db_backend)
+    state = build_node_state(tmp_path, url)
     yield state
     state.engine.dispose()
+    drop()
 
 
 @pytest.fixture()

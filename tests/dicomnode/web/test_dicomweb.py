@@ -12,9 +12,12 @@ from pydicom import dcmread
 from pydicom.encaps import generate_frames
 from pydicom.uid import ExplicitVRLittleEndian, RLELossless
 
+from tests.dicomnode.conftest import both_backends
 from tests.peers.multipart import parse_multipart
 
 from .conftest import NodeState
+
+pytestmark = both_backends
 
 DICOM_ANY = "multipart/related; type=application/dicom; transfer-syntax=*"
 OHIF_FRAMES = "multipart/related; type=application/octet-stream; transfer-syntax=*"

@@ -1,4 +1,4 @@
-"""/metrics parsed with the Prometheus client's own parser; /healthz."""
+"""/metrics parsed with the Prometheus client's own parser."""
 
 from __future__ import annotations
 
@@ -12,8 +12,11 @@ from sqlalchemy import select
 from dicomnode.db.models import Job, JobState
 from dicomnode.db.queue import JobQueue
 from dicomnode.web.app import create_app
+from tests.dicomnode.conftest import both_backends
 
 from .conftest import STAGE_TIMINGS_S, NodeState, make_client
+
+pytestmark = both_backends
 
 
 @dataclass(frozen=True)
@@ -88,14 +91,10 @@ def test_a_rerun_job_is_observed_again(fresh_state: NodeState) -> None:
         assert s.scalar(select(Job.state)) == JobState.DONE
 
 
-def test_healthz_reports_database_receiver_and_version(node_state: NodeState) -> None:
-    up = make_client(node_state, create_app(
-        node_state.settings, node_state.sessions, node_state.storage, receiver_alive=lambda: True
-    ))
-    body = up.get("/healthz").json()
-    assert body == {"status": "ok", "database": True, "receiver": True, "version": "0.1.0"}
-    assert scrape(up).value("dicomnode_receiver_up") == 1
-    down = TestClient(create_app(node_state.settings, node_state.sessions, node_state.storage,
-                                 receiver_alive=lambda: False))
-    response = down.get("/healthz")
-    assert response.status_code == 503 and response.json()["receiver"] is False
+
+
+def test_receiver_up_gauge(node_state: NodeState) -> None:
+    for alive in (True, False):
+        app = create_app(node_state.settings, node_state.sessions, node_state.storage,
+                         receiver_alive=lambda alive=alive: alive)
+        assert scrape(make_client(node_state, app)).value("dicomnode_receiver_up") == int(alive)

@@ -11,8 +11,11 @@ from sqlalchemy import update
 
 from dicomnode.db.models import Export, ExportState, Series
 from dicomnode.web import pages
+from tests.dicomnode.conftest import both_backends
 
 from .conftest import HIDDEN_NAME, NodeState, make_client
+
+pytestmark = both_backends
 
 
 def test_dashboard_shows_counts_studies_jobs_and_failed_exports(

@@ -30,7 +30,7 @@ def test_viewer_requests_reach_orthanc_through_the_node(
         metadata = client.get(f"{series}/metadata").json()
         assert len(metadata) == 3
         uris = [m["7FE00010"]["BulkDataURI"] for m in metadata if "7FE00010" in m]
-        assert uris and all(u.startswith("http://testserver/dicom-web/") for u in uris)
+        assert uris and all(u.startswith("http://127.0.0.1:8080/dicom-web/") for u in uris)
         ds = chest[1]
         frames = client.get(
             f"{series}/instances/{ds.SOPInstanceUID}/frames/1",

@@ -22,7 +22,7 @@ def test_serves_over_http_and_stops(node_state: NodeState) -> None:
     server = start_web_server(settings, node_state.sessions, node_state.storage,
                               receiver_alive=lambda: True)
     try:
-        assert httpx.get(f"{server.url}/healthz").json()["receiver"] is True
+        assert httpx.get(f"{server.url}/healthz").json()["checks"]["receiver"]["ok"] is True
         auth = {"Authorization": f"Bearer {TOKEN}"}
         assert httpx.get(f"{server.url}/api/counts").status_code == 401
         series = httpx.get(

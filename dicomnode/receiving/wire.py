@@ -1,0 +1,100 @@
+"""The association side of an admitted connection: replayed request, bounded PDUs, fast reads.
+
+``GuardedRequestHandler`` builds each acceptor association as pynetdicom's handler does, with
+two replacements: the socket (``ReplaySocket``: serves the A-ASSOCIATE-RQ already read during
+admission, refuses a PDU longer than the node's limit, reads large PDUs in few system calls) and
+the DIMSE provider (``messages.BoundedDIMSE``).
+"""
+
+from __future__ import annotations
+
+import logging
+from copy import deepcopy
+from typing import Any
+
+from pynetdicom import evt
+from pynetdicom._globals import MODE_ACCEPTOR
+from pynetdicom.association import Association
+from pynetdicom.transport import AssociationSocket, RequestHandler
+
+from dicomnode.receiving.admission import GuardedAssociationServer
+from dicomnode.receiving.messages import BoundedDIMSE
+
+log = logging.getLogger(__name__)
+
+PDU_OVERHEAD_BYTES = 1024 * 1024  # command set, PDV headers: a PDU may exceed its data a little
+
+
+class ReplaySocket(AssociationSocket):
+    def __init__(self, assoc: Any, client_socket: Any, prefix: bytes, max_pdu: int) -> None:
+        super().__init__(assoc, client_socket=client_socket)
+        self._prefix = bytearray(prefix)
+        self._max_pdu = max_pdu
+
+    @property
+    def ready(self) -> bool:
+        return bool(self._prefix) or bool(super().ready)
+
+    def recv(self, nr_bytes: int) -> bytearray:
+        if nr_bytes > self._max_pdu:
+            log.warning("peer announced a PDU of %d bytes (limit %d); closing", nr_bytes,
+                        self._max_pdu)
+            raise OSError("PDU over the node's limit")
+        out = bytearray(nr_bytes)
+        view = memoryview(out)
+        got = min(len(self._prefix), nr_bytes)
+        if got:
+            view[:got] = self._prefix[:got]
+            del self._prefix[:got]
+        sock = self.socket
+        while got < nr_bytes and sock is not None:
+            n = sock.recv_into(view[got:], nr_bytes - got)
+            if not n:
+                break
+            got += n
+        del view
+        if got < nr_bytes:
+            del out[got:]
+        return out
+
+
+class GuardedRequestHandler(RequestHandler):
+    server: GuardedAssociationServer
+
+    def _create_association(self) -> Association:
+        server = self.server
+        assoc = Association(self.ae, MODE_ACCEPTOR)
+        assoc._server = server
+        assoc.name = f"AcceptorThread@{id(assoc):x}"  # pynetdicom finds acceptors by this name
+        request = server.take_request(self.request)
+        sock = ReplaySocket(assoc, self.request, request.pdu, server.max_pdu_bytes)
+        assoc.set_socket(sock)
+        assoc.dimse = BoundedDIMSE(assoc, server.max_data_set_bytes)
+        acceptor = assoc.acceptor
+        acceptor.maximum_length = self.ae.maximum_pdu_size
+        acceptor.ae_title = server.ae_title
+        acceptor.address_info = self.local
+        acceptor.implementation_class_uid = self.ae.implementation_class_uid
+        acceptor.implementation_version_name = self.ae.implementation_version_name
+        acceptor.supported_contexts = deepcopy(server.contexts)
+        assoc.requestor.address_info = self.remote
+        for event, handlers in server._handlers.items():
+            if event.is_intervention and handlers:
+                assoc.bind(event, *handlers)
+            elif isinstance(event, evt.NotificationEvent):
+                for handler in handlers:
+                    assoc.bind(event, handler[0], handler[1])
+        return assoc
+
+
+def make_server(
+    ae: Any, address: tuple[str, int], *, ssl_context: Any, handlers: list[Any], rules: Any,
+    max_data_set_bytes: int,
+) -> GuardedAssociationServer:
+    server = GuardedAssociationServer(
+        ae, address, ae.ae_title, ae.supported_contexts, ssl_context, handlers,
+        request_handler=GuardedRequestHandler, rules=rules,
+    )
+    server.max_data_set_bytes = max_data_set_bytes
+    server.max_pdu_bytes = (ae.maximum_pdu_size or max_data_set_bytes) + PDU_OVERHEAD_BYTES
+    return server

@@ -1,0 +1,1 @@
+"""Remote task performers: UPS-RS worklist, WADO-RS retrieve, STOW-RS results."""

@@ -1,0 +1,1 @@
+"""Radiologists' verdicts as data: users, verdicts, their SR, local validation, shadow models."""
