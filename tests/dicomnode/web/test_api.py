@@ -20,7 +20,8 @@ def test_counts(client: TestClient) -> None:
     assert client.get("/api/counts").json() == {
         "studies": 2, "series": 3, "instances": 16,
         "jobs": {"queued": 0, "running": 0, "done": 1, "failed": 0},
-        "exports": {"pending": 1, "sending": 0, "sent": 1, "failed": 1},
+        "exports": {"pending": 1, "sending": 0, "sent": 1, "committed": 0, "failed": 1,
+                    "refused": 0},
     }
 
 
@@ -32,7 +33,8 @@ def test_studies_list(client: TestClient, node_state: NodeState) -> None:
     assert a["accession_number"] == "ACC-A"
     assert (a["series_count"], a["instance_count"], a["skipped_series"]) == (2, 10, 1)
     assert (a["status"], a["last_job_state"]) == ("done", "done")
-    assert a["exports"] == {"pending": 1, "sending": 0, "sent": 1, "failed": 1}
+    assert a["exports"] == {"pending": 1, "sending": 0, "sent": 1, "committed": 0, "failed": 1,
+                            "refused": 0}
     assert a["last_received_at"].endswith("Z")
     assert by_uid[node_state.study_b]["status"] == "receiving"
     assert client.get("/api/studies?limit=1&offset=1").json()["studies"][0][
