@@ -29,6 +29,11 @@ def _setup_logging(level: str) -> None:
     logging.basicConfig(level=level.upper(), format=LOG_FORMAT, stream=sys.stderr)
     # pynetdicom narrates every PDU at INFO; keep its warnings and errors only.
     logging.getLogger("pynetdicom").setLevel(max(logging.WARNING, logging.root.level))
+    # alembic tells each migration step and highdicom each object it builds at INFO: shown
+    # only when the node runs at DEBUG.
+    if logging.root.level > logging.DEBUG:
+        for name in ("alembic", "highdicom"):
+            logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -114,6 +119,7 @@ def _plain(value: Any) -> Any:
 
 def _print_study(session: Any, study_uid: str, as_json: bool) -> int:
     from dicomnode.db.queries.studies import study_detail
+    from dicomnode.web.timeline import fold_events
 
     detail = study_detail(session, study_uid)
     if detail is None:
@@ -126,9 +132,11 @@ def _print_study(session: Any, study_uid: str, as_json: bool) -> int:
     for s in detail.series:
         print(f"  series {s.series_instance_uid} ({s.modality}, {s.instance_count} instances): "
               f"{s.state}{': ' + s.reason if s.reason else ''}")
-    for e in detail.events:
-        job = f" job {e.job_id}" if e.job_id else ""
-        print(f"{_fmt_time(e.at)}  {e.kind:<16}{job}  {e.message}")
+    # Runs of like events (one "exported" per object) fold into one line, as on the study page.
+    for entry in fold_events(list(detail.events)):
+        job = f" job {entry.job_id}" if entry.job_id else ""
+        count = f" x{len(entry.events)}" if entry.folded else ""
+        print(f"{_fmt_time(entry.first_at)}  {entry.kind:<16}{job}{count}  {entry.message}")
     return 0
 
 
@@ -285,10 +293,20 @@ def cmd_requeue(args: argparse.Namespace) -> int:
     settings = _settings(args)
     _engine, sessions = open_database(settings.database_url)
     queue = JobQueue(sessions, max_attempts=settings.worker.max_attempts)
+    refused = 0
     for job_id in args.job_ids:
-        queue.requeue(job_id)
-        print(f"job {job_id} queued again")
-    return 0
+        try:
+            queued = queue.requeue(job_id)
+        except LookupError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            refused += 1
+            continue
+        if queued:
+            print(f"job {job_id} queued again")
+        else:
+            print(f"error: job {job_id} is running; not queued again", file=sys.stderr)
+            refused += 1
+    return 1 if refused else 0
 
 
 def build_parser() -> argparse.ArgumentParser:

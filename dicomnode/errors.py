@@ -22,7 +22,8 @@ class ProcessorError(DicomNodeError):
 
 
 _QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")
-_KEEP_TEXT = ("DicomNodeError", "PipelineError")  # raised on purpose, written without values
+# Raised on purpose, written without values (AnalysisError: the contracts' base, PipelineError's)
+_KEEP_TEXT = ("DicomNodeError", "AnalysisError")
 
 
 def safe_message(exc: BaseException) -> str:

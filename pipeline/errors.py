@@ -1,8 +1,18 @@
 """Exceptions raised by the analysis pipeline."""
 
+from __future__ import annotations
 
-class PipelineError(Exception):
-    """Base class of every error the pipeline raises on purpose."""
+from dicomnode.contracts.errors import AnalysisError
+
+
+class PipelineError(AnalysisError):
+    """Base class of every error the pipeline raises on purpose.
+
+    Errors of the input itself (a series that cannot be read, a model that cannot load) repeat
+    on every attempt, so the node's worker does not retry them.
+    """
+
+    retryable = False
 
 
 class SeriesError(PipelineError):
@@ -11,8 +21,3 @@ class SeriesError(PipelineError):
 
 class ModelError(PipelineError):
     """A model cannot be loaded: unknown name, missing weights file or checksum mismatch."""
-
-
-# Errors of the input itself (a series that cannot be read, a model that cannot load) repeat on
-# every attempt; the node's worker reads this attribute and does not retry them.
-PipelineError.retryable = False  # type: ignore[attr-defined]

@@ -1,10 +1,10 @@
 """The chest-CT processor the node's worker loads (``pipeline.processor:ChestCTProcessor``).
 
-It satisfies ``dicomnode.jobs.processing.Processor`` structurally (this package never imports
-the node): built once per worker process from the ``[pipeline]`` settings, it loads its
-stages (and their models) once, then turns each request's series into SEG and SR files and a
-JSON-serialisable summary. ``analyze_files`` runs the same analysis on a folder of files with
-no node at all (the ``dicomnode analyze`` command).
+It satisfies ``dicomnode.jobs.processing.Processor`` structurally (of the node, this package
+imports only ``dicomnode.contracts``): built once per worker process from the ``[pipeline]``
+settings, it loads its stages (and their models) once, then turns each request's series into
+SEG and SR files and a JSON-serialisable summary. ``analyze_files`` runs the same analysis on
+a folder of files with no node at all (the ``dicomnode analyze`` command).
 """
 
 from __future__ import annotations
@@ -16,21 +16,21 @@ import math
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import pydicom.config
 
+from dicomnode.contracts import PriorReport, ProcessOutcome, ProcessRequest, ResultFile
 from pipeline import __version__
 from pipeline.errors import ModelError, PipelineError
-from pipeline.runner import OverlayWriter, PipelineRunner, WrittenObject
+from pipeline.runner import OverlayWriter, PipelineRunner
 from pipeline.series import read_series
 from pipeline.shadow import build_registry_classifier, build_shadow, shadow_answer
 from pipeline.stages import Classifier, LesionLocalizer, LungSegmenter
 from pipeline.stages.lung_morphology import MorphologicalLungSegmenter
 from pipeline.types import CTVolume, ModelInfo, StudyResult
-from pipeline.writers.sr import PriorReportRef
 from pipeline.writers.uids import derive_uid
 
 logger = logging.getLogger(__name__)
@@ -51,44 +51,6 @@ DEFAULT_SETTINGS: Mapping[str, Any] = {
     "shadow_classifier": "",
     "primary_classifier": "",
 }
-
-
-@dataclass(frozen=True)
-class ResultFile:
-    """A DICOM file written for a request (``dicomnode.jobs.processing.ResultObject``)."""
-
-    path: Path
-    kind: str  # "SEG", "SR" or "OVERLAY"
-    sop_class_uid: str
-    sop_instance_uid: str
-    series_instance_uid: str
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """Files written and a JSON-serialisable summary (the node's ``ProcessOutcome``)."""
-
-    objects: tuple[ResultFile, ...]
-    summary: Mapping[str, Any] = field(default_factory=dict)
-
-
-class Request(Protocol):
-    """What ``process`` reads of ``dicomnode.jobs.processing.ProcessRequest``."""
-
-    @property
-    def job_id(self) -> int: ...
-
-    @property
-    def files(self) -> tuple[Path, ...]: ...
-
-    @property
-    def out_dir(self) -> Path: ...
-
-    @property
-    def uid_root(self) -> str: ...
-
-    @property
-    def predecessors(self) -> Sequence[PriorReportRef]: ...
 
 
 @dataclass(frozen=True)
@@ -260,12 +222,16 @@ class ChestCTProcessor:
     def algorithms(self) -> tuple[ModelInfo, ...]:
         return self._runner.algorithms
 
-    def process(self, request: Request) -> Outcome:
+    def process(self, request: ProcessRequest) -> ProcessOutcome:
         """Analyse the request's series and write its result objects into ``out_dir``."""
         started = time.perf_counter()
         # The offline `dicomnode analyze` asks for UID repair; the node only sends valid files.
-        repair = bool(getattr(request, "options", {}).get("repair_uids", False))
-        volume = read_series(request.files, repair_uids=repair)
+        repair = bool(request.options.get("repair_uids", False))
+        if repair:  # the repair logs one warning per series, not one per malformed value
+            with _quiet_uid_validation():
+                volume = read_series(request.files, repair_uids=True)
+        else:
+            volume = read_series(request.files)
         read_s = time.perf_counter() - started
         logger.info("job %s: series %s read", request.job_id, volume.series_instance_uid)
         return self.analyze_volume(
@@ -277,9 +243,9 @@ class ChestCTProcessor:
         volume: CTVolume,
         out_dir: Path,
         uid_root: str,
-        predecessors: Sequence[PriorReportRef] = (),
+        predecessors: Sequence[PriorReport] = (),
         read_s: float | None = None,
-    ) -> Outcome:
+    ) -> ProcessOutcome:
         """Run the stages on ``volume``, write SEG and SR, and summarise."""
         result = self._runner.run(volume)
         started = time.perf_counter()
@@ -292,21 +258,11 @@ class ChestCTProcessor:
         if shadow is not None:
             timings["shadow"] = float(shadow.get("seconds", 0.0))
         timings["total"] = sum(timings.values())
-        objects = tuple(_result_file(obj) for obj in written)
+        objects = tuple(written)
         summary = summarize(result, objects, timings)
         if shadow is not None:
             summary["shadow"] = shadow
-        return Outcome(objects=objects, summary=summary)
-
-
-def _result_file(obj: WrittenObject) -> ResultFile:
-    return ResultFile(
-        path=obj.path,
-        kind=obj.kind,
-        sop_class_uid=obj.sop_class_uid,
-        sop_instance_uid=obj.sop_instance_uid,
-        series_instance_uid=obj.series_instance_uid,
-    )
+        return ProcessOutcome(objects=objects, summary=summary)
 
 
 def _number(value: float | None, digits: int = 3) -> float | None:
@@ -386,7 +342,7 @@ def analyze_files(
     out_dir: Path,
     settings: Mapping[str, Any],
     uid_root: str | None = None,
-) -> Outcome:
+) -> ProcessOutcome:
     """Offline analysis of a folder's files: SEG, SR and ``summary.json`` into ``out_dir``.
 
     Missing or malformed UIDs in the input are repaired deterministically (with a warning),

@@ -12,17 +12,17 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 import highdicom as hd
 
+from dicomnode.contracts import PriorReport, ResultFile, ResultKind
 from pipeline.stages import Classifier, LesionLocalizer, LungSegmenter
 from pipeline.stats import lung_stats
 from pipeline.types import Classification, CTVolume, Lesion, ModelInfo, StudyResult
 from pipeline.writers.seg import build_seg, plan_segments
-from pipeline.writers.sr import PriorReportRef, build_sr
+from pipeline.writers.sr import build_sr
 from pipeline.writers.viewer_sr import build_viewer_sr
 
 logger = logging.getLogger(__name__)
@@ -32,42 +32,12 @@ SR_FILE_NAME = "sr.dcm"
 VIEWER_SR_FILE_NAME = "sr-viewer.dcm"
 
 
-@dataclass(frozen=True)
-class WrittenObject:
-    """A DICOM file written for a job (structurally ``dicomnode.jobs.processing.ResultObject``)."""
-
-    path: Path
-    kind: str  # "SEG", "SR" or "OVERLAY"
-    sop_class_uid: str
-    sop_instance_uid: str
-    series_instance_uid: str
-
-
-class ResultFileLike(Protocol):
-    """What the runner needs to know of a file another writer produced."""
-
-    @property
-    def path(self) -> Path: ...
-
-    @property
-    def kind(self) -> str: ...
-
-    @property
-    def sop_class_uid(self) -> str: ...
-
-    @property
-    def sop_instance_uid(self) -> str: ...
-
-    @property
-    def series_instance_uid(self) -> str: ...
-
-
 class OverlayWriter(Protocol):
     """Writes overlay images (e.g. secondary captures with burned-in contours) of a result."""
 
     def write(
         self, result: StudyResult, out_dir: Path, uid_root: str
-    ) -> Sequence[ResultFileLike]: ...
+    ) -> Sequence[ResultFile]: ...
 
 
 class PipelineRunner:
@@ -132,8 +102,8 @@ class PipelineRunner:
         result: StudyResult,
         out_dir: Path,
         uid_root: str,
-        predecessors: Sequence[PriorReportRef] = (),
-    ) -> list[WrittenObject]:
+        predecessors: Sequence[PriorReport] = (),
+    ) -> list[ResultFile]:
         """Write SEG, SR and (when configured) overlay objects of ``result`` into ``out_dir``."""
         return write_results(result, out_dir, uid_root, predecessors, overlay=self._overlay)
 
@@ -142,9 +112,9 @@ def write_results(
     result: StudyResult,
     out_dir: Path,
     uid_root: str,
-    predecessors: Sequence[PriorReportRef] = (),
+    predecessors: Sequence[PriorReport] = (),
     overlay: OverlayWriter | None = None,
-) -> list[WrittenObject]:
+) -> list[ResultFile]:
     """Write the result objects of ``result``; see the module docstring for the order.
 
     A SEG is written when some lung or lesion mask is non-empty, an SR when there is a
@@ -152,7 +122,7 @@ def write_results(
     the log says when one is left out.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
-    written: list[WrittenObject] = []
+    written: list[ResultFile] = []
     seg: hd.seg.Segmentation | None = None
     plans = plan_segments(result, uid_root)
     if plans:
@@ -160,7 +130,7 @@ def write_results(
         seg, plans = build_seg(result, uid_root, plans)
         path = out_dir / SEG_FILE_NAME
         seg.save_as(path)
-        written.append(_written(path, "SEG", seg))
+        written.append(_written(path, ResultKind.SEG, seg))
         logger.info("wrote SEG in %.2f s", time.perf_counter() - started)
     else:
         logger.warning(
@@ -171,7 +141,7 @@ def write_results(
         sr = build_sr(result, seg, plans, uid_root, predecessors)
         path = out_dir / SR_FILE_NAME
         sr.save_as(path)
-        written.append(_written(path, "SR", sr))
+        written.append(_written(path, ResultKind.SR, sr))
         logger.info("wrote SR in %.2f s", time.perf_counter() - started)
     else:
         logger.warning("nothing to report: no SR written for %s", result.volume.series_instance_uid)
@@ -181,29 +151,20 @@ def write_results(
         if viewer_sr is not None:
             path = out_dir / VIEWER_SR_FILE_NAME
             viewer_sr.save_as(path)
-            written.append(_written(path, "SR", viewer_sr))
+            written.append(_written(path, ResultKind.SR, viewer_sr))
             logger.info("wrote viewer SR in %.2f s", time.perf_counter() - started)
     if overlay is not None:
         started = time.perf_counter()
         images = overlay.write(result, out_dir, uid_root)
-        written.extend(
-            WrittenObject(
-                path=Path(image.path),
-                kind=image.kind,
-                sop_class_uid=image.sop_class_uid,
-                sop_instance_uid=image.sop_instance_uid,
-                series_instance_uid=image.series_instance_uid,
-            )
-            for image in images
-        )
+        written.extend(images)
         logger.info(
             "wrote %d overlay image(s) in %.2f s", len(images), time.perf_counter() - started
         )
     return written
 
 
-def _written(path: Path, kind: str, dataset: hd.SOPClass) -> WrittenObject:
-    return WrittenObject(
+def _written(path: Path, kind: ResultKind, dataset: hd.SOPClass) -> ResultFile:
+    return ResultFile(
         path=path,
         kind=kind,
         sop_class_uid=str(dataset.SOPClassUID),

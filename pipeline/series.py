@@ -3,8 +3,9 @@
 ``read_series`` accepts any transfer syntax pydicom can decode through its plug-ins
 (pylibjpeg, pyjpegls, gdcm), keeps the CT images, sorts them along the slice normal and
 refuses series whose geometry is not a regular stack (mixed orientations, a missing slice,
-sheared positions) with a ``SeriesError`` that says exactly what is wrong. The returned
-headers keep every attribute except Pixel Data, which is released after decoding.
+sheared positions) with a ``SeriesError`` that says exactly what is wrong. The stack rules are
+the node's own (``dicomnode.contracts.stack``), so a series the node chose is one read here.
+The returned headers keep every attribute except Pixel Data, which is released after decoding.
 """
 
 from __future__ import annotations
@@ -24,23 +25,19 @@ from pydicom.pixels import pixel_array
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, CTImageStorage, ExplicitVRLittleEndian
 from pydicom.valuerep import DA, DT, TM
 
+from dicomnode.contracts.stack import SliceGeometry, Stack, StackError, check_stack
 from pipeline.errors import SeriesError
 from pipeline.geometry import direction_matrix, orientation_axes, orientation_of
 from pipeline.types import CTVolume
-from pipeline.writers.uids import derive_uid, is_valid_uid, uuid_string_to_uid
+from pipeline.uid_repair import repair_uids as repair_series_uids
+from pipeline.writers.uids import derive_uid
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_MIN_SLICES = 10
 DEFAULT_SPACING_TOLERANCE = 0.1  # allowed relative deviation of a slice gap from the median
-ORIENTATION_TOLERANCE = 1e-3  # allowed difference of direction cosines between slices
-DUPLICATE_POSITION_TOLERANCE_MM = 1e-3  # slices closer than this along the normal are duplicates
-IN_PLANE_SHIFT_TOLERANCE_PIXELS = 0.5  # allowed in-plane drift of ImagePositionPatient
-PIXEL_SPACING_TOLERANCE_MM = 1e-3
 MAX_MATRIX = 4096  # a CT slice is 512 x 512; larger matrices are refused before any allocation
 MAX_VOXELS = 2**31  # 8 GiB of float32 HU: far past any chest CT
-# Used for repaired UIDs: a constant root so the same broken input always gets the same UIDs.
-REPAIR_UID_ROOT = "urn:chest-ct-dicomnode:repaired-input"
 CT_SOP_CLASS_UIDS = frozenset({CTImageStorage})
 
 
@@ -58,7 +55,7 @@ def read_series(
     are skipped with a log line. When the CT images belong to several series, pass
     ``series_instance_uid`` to choose one, otherwise a ``SeriesError`` lists them.
     ``repair_uids`` replaces missing or malformed UIDs by deterministic valid ones (see
-    :func:`repair_uids`), for offline analysis of defective exports.
+    :func:`pipeline.uid_repair.repair_uids`), for offline analysis of defective exports.
     """
     started = time.perf_counter()
     datasets: list[Dataset] = []
@@ -109,21 +106,23 @@ def volume_from_datasets(
         raise SeriesError("no CT image among the given files")
     images = _select_series(images, series_instance_uid)
     if repair_uids:
-        _repair_uid_attributes(images)
+        repair_series_uids(images)
     for ds in images:
         _check_single_frame(ds)
         _add_missing_type2(ds)
         _blank_malformed_dates(ds)
-    sorted_images, positions, direction = _sort_along_normal(images)
-    if len(sorted_images) < min_slices:
-        raise SeriesError(
-            f"series has {len(sorted_images)} distinct slices, at least {min_slices} needed"
-        )
-    rows, cols, pixel_spacing = _check_matrix(sorted_images)
-    slice_spacing = _check_gaps(positions, spacing_tolerance)
-    _check_in_plane_alignment(sorted_images, direction, pixel_spacing)
-    hu = _decode_hu(sorted_images, rows, cols)
+    _check_size(images)
+    stack = _check_stack(images, min_slices, spacing_tolerance)
+    sorted_images = [images[i] for i in stack.order]
     first = sorted_images[0]
+    try:
+        direction = direction_matrix([float(v) for v in first.ImageOrientationPatient])
+    except ValueError as exc:
+        raise SeriesError(str(exc)) from exc
+    rows, cols = int(first.Rows), int(first.Columns)
+    pixel_spacing = (float(first.PixelSpacing[0]), float(first.PixelSpacing[1]))
+    slice_spacing = stack.slice_spacing_mm
+    hu = _decode_hu(sorted_images, rows, cols)
     return CTVolume(
         hu=hu,
         spacing_mm=(slice_spacing, pixel_spacing[0], pixel_spacing[1]),
@@ -223,45 +222,9 @@ def _blank_malformed_dates(ds: Dataset) -> None:
                            keyword, elem.VR)
 
 
-def _sort_along_normal(
-    images: list[Dataset],
-) -> tuple[list[Dataset], npt.NDArray[np.float64], npt.NDArray[np.float64]]:
-    """Sort by position along the slice normal, drop duplicate positions, check orientation."""
-    reference = [float(v) for v in images[0].ImageOrientationPatient]
-    try:
-        direction = direction_matrix(reference)
-    except ValueError as exc:
-        raise SeriesError(str(exc)) from exc
-    for ds in images[1:]:
-        iop = np.asarray([float(v) for v in ds.ImageOrientationPatient])
-        if iop.shape != (6,) or np.max(np.abs(iop - reference)) > ORIENTATION_TOLERANCE:
-            raise SeriesError(
-                f"inconsistent ImageOrientationPatient: {iop.tolist()} (instance "
-                f"{ds.get('InstanceNumber', '?')}) differs from {reference}"
-            )
-    normal = direction[:, 2]
-    positions = np.asarray(
-        [np.asarray([float(v) for v in ds.ImagePositionPatient]) @ normal for ds in images]
-    )
-    instance_numbers = [int(ds.get("InstanceNumber", 0) or 0) for ds in images]
-    order = sorted(range(len(images)), key=lambda i: (positions[i], instance_numbers[i]))
-    kept: list[int] = []
-    for i in order:
-        if kept and abs(positions[i] - positions[kept[-1]]) < DUPLICATE_POSITION_TOLERANCE_MM:
-            logger.warning(
-                "dropping instance %s: duplicate slice position %.3f mm (kept instance %s)",
-                instance_numbers[i], positions[i], instance_numbers[kept[-1]],
-            )
-            continue
-        kept.append(i)
-    if len(kept) < len(images):
-        logger.warning("dropped %d duplicate-position slice(s)", len(images) - len(kept))
-    return [images[i] for i in kept], positions[kept], direction
-
-
-def _check_matrix(images: list[Dataset]) -> tuple[int, int, tuple[float, float]]:
-    first = images[0]
-    rows, cols = int(first.Rows), int(first.Columns)
+def _check_size(images: list[Dataset]) -> None:
+    """Refuse matrices past any CT before a voxel is allocated."""
+    rows, cols = int(images[0].Rows), int(images[0].Columns)
     if not (0 < rows <= MAX_MATRIX and 0 < cols <= MAX_MATRIX) or (
         len(images) * rows * cols > MAX_VOXELS
     ):
@@ -269,62 +232,43 @@ def _check_matrix(images: list[Dataset]) -> tuple[int, int, tuple[float, float]]
             f"{len(images)} slices of {rows}x{cols} exceed the supported size "
             f"(matrix up to {MAX_MATRIX}, {MAX_VOXELS} voxels)"
         )
-    if "PixelSpacing" not in first:
-        raise SeriesError("PixelSpacing is missing")
-    spacing = (float(first.PixelSpacing[0]), float(first.PixelSpacing[1]))
-    if min(spacing) <= 0:
-        raise SeriesError(f"PixelSpacing {list(spacing)} is not positive")
-    for ds in images[1:]:
-        if (int(ds.Rows), int(ds.Columns)) != (rows, cols):
-            raise SeriesError(
-                f"inconsistent matrix: instance {ds.get('InstanceNumber', '?')} is "
-                f"{ds.Rows}x{ds.Columns}, first slice {rows}x{cols}"
-            )
-        other = (float(ds.PixelSpacing[0]), float(ds.PixelSpacing[1]))
-        deviation = max(abs(a - b) for a, b in zip(other, spacing, strict=True))
-        if deviation > PIXEL_SPACING_TOLERANCE_MM:
-            raise SeriesError(
-                f"inconsistent PixelSpacing: instance {ds.get('InstanceNumber', '?')} has "
-                f"{list(other)}, first slice {list(spacing)}"
-            )
-    return rows, cols, spacing
 
 
-def _check_gaps(positions: npt.NDArray[np.float64], tolerance: float) -> float:
-    """Check regular slice gaps; return the slice spacing in mm from the positions."""
-    gaps = np.diff(positions)
-    median = float(np.median(gaps))
-    for i, gap in enumerate(gaps):
-        if abs(gap - median) <= tolerance * median:
-            continue
-        ratio = gap / median
-        if ratio > 1.5 and abs(ratio - round(ratio)) <= tolerance * round(ratio):
-            missing = int(round(ratio)) - 1
-            raise SeriesError(
-                f"{missing} slice(s) missing between positions {positions[i]:.2f} mm and "
-                f"{positions[i + 1]:.2f} mm (slice spacing {median:.2f} mm)"
-            )
-        raise SeriesError(
-            f"irregular slice spacing: gap of {gap:.2f} mm between positions "
-            f"{positions[i]:.2f} mm and {positions[i + 1]:.2f} mm, median gap {median:.2f} mm"
+def _slice_geometry(ds: Dataset) -> SliceGeometry:
+    number = ds.get("InstanceNumber", "?")
+    if "PixelSpacing" not in ds:
+        raise SeriesError(f"PixelSpacing is missing (instance {number})")
+    orientation = [float(v) for v in ds.ImageOrientationPatient]
+    position = [float(v) for v in ds.ImagePositionPatient]
+    spacing = [float(v) for v in ds.PixelSpacing]
+    if len(orientation) != 6 or len(position) != 3 or len(spacing) != 2:
+        raise SeriesError(f"malformed geometry attributes in instance {number}")
+    return SliceGeometry(
+        position=(position[0], position[1], position[2]),
+        orientation=(orientation[0], orientation[1], orientation[2],
+                     orientation[3], orientation[4], orientation[5]),
+        rows=int(ds.Rows),
+        columns=int(ds.Columns),
+        pixel_spacing=(spacing[0], spacing[1]),
+        instance_number=int(ds.get("InstanceNumber", 0) or 0),
+    )
+
+
+def _check_stack(images: list[Dataset], min_slices: int, spacing_tolerance: float) -> Stack:
+    """The shared stack rules (``dicomnode.contracts.stack``), as a ``SeriesError``."""
+    try:
+        stack = check_stack(
+            [_slice_geometry(ds) for ds in images],
+            min_slices=min_slices, spacing_tolerance=spacing_tolerance,
         )
-    return float((positions[-1] - positions[0]) / (len(positions) - 1))
-
-
-def _check_in_plane_alignment(
-    images: list[Dataset], direction: npt.NDArray[np.float64], pixel_spacing: tuple[float, float]
-) -> None:
-    """Refuse stacks whose slices shift in-plane (gantry tilt or sheared reformats)."""
-    origin = np.asarray([float(v) for v in images[0].ImagePositionPatient])
-    offsets = np.asarray([[float(v) for v in ds.ImagePositionPatient] for ds in images]) - origin
-    along_rows = np.abs(offsets @ direction[:, 0]) / pixel_spacing[1]
-    along_cols = np.abs(offsets @ direction[:, 1]) / pixel_spacing[0]
-    worst = float(max(along_rows.max(), along_cols.max()))
-    if worst > IN_PLANE_SHIFT_TOLERANCE_PIXELS:
-        raise SeriesError(
-            f"slice positions drift {worst:.1f} pixels in-plane (gantry tilt or sheared stack); "
-            "only orthogonal stacks are supported"
+    except StackError as exc:
+        raise SeriesError(str(exc)) from exc
+    if stack.dropped:
+        logger.warning(
+            "dropped %d slice(s) repeating a position (kept the lowest instance numbers)",
+            len(stack.dropped),
         )
+    return stack
 
 
 def _decode_hu(images: list[Dataset], rows: int, cols: int) -> npt.NDArray[np.float32]:
@@ -351,87 +295,6 @@ def _decode_hu(images: list[Dataset], rows: int, cols: int) -> npt.NDArray[np.fl
             target += np.float32(intercept)
         del ds.PixelData
     return hu
-
-
-def repair_uids(datasets: Sequence[Dataset]) -> int:
-    """Replace missing or malformed UIDs of one series in place; return how many changed.
-
-    Bare UUID strings become ``2.25.<int(uuid)>``; empty values are derived from stable header
-    attributes (so the same files always get the same UIDs): the study from patient and study
-    attributes, the series from the study and series attributes, the frame of reference from
-    the series, and each SOP Instance UID from the series, InstanceNumber and position (or from
-    the file meta MediaStorageSOPInstanceUID when that one is valid). A missing SOP Class UID
-    is taken from the file meta. Meant for offline analysis; the node refuses such input.
-    """
-    return _repair_uid_attributes(list(datasets))
-
-
-def _repaired(value: str, *entropy: object) -> str:
-    from_uuid = uuid_string_to_uid(value) if value else None
-    if from_uuid is not None:
-        return from_uuid
-    return derive_uid(REPAIR_UID_ROOT, value, *entropy)
-
-
-def _repair_uid_attributes(datasets: list[Dataset]) -> int:
-    if not datasets:
-        return 0
-    changed = 0
-    first = datasets[0]
-    study_keys = [str(first.get(k, "") or "") for k in (
-        "PatientID", "StudyDate", "StudyTime", "AccessionNumber", "StudyID",
-        "FrameOfReferenceUID",
-    )]
-    series_keys = [str(first.get(k, "") or "") for k in (
-        "SeriesNumber", "SeriesDescription", "SeriesDate", "SeriesTime", "Modality",
-        "FrameOfReferenceUID",
-    )]
-    study_uid = str(first.get("StudyInstanceUID", "") or "")
-    if not is_valid_uid(study_uid):
-        study_uid = _repaired(study_uid, "study", *study_keys)
-    series_uid = str(first.get("SeriesInstanceUID", "") or "")
-    if not is_valid_uid(series_uid):
-        series_uid = _repaired(series_uid, "series", study_uid, *series_keys)
-    frame_uid = str(first.get("FrameOfReferenceUID", "") or "")
-    if not is_valid_uid(frame_uid):
-        frame_uid = _repaired(frame_uid, "frame-of-reference", series_uid)
-    for ds in datasets:
-        for keyword, value in (
-            ("StudyInstanceUID", study_uid),
-            ("SeriesInstanceUID", series_uid),
-            ("FrameOfReferenceUID", frame_uid),
-        ):
-            if str(ds.get(keyword, "") or "") != value:
-                setattr(ds, keyword, value)
-                changed += 1
-        meta = ds.file_meta if hasattr(ds, "file_meta") else FileMetaDataset()
-        if not str(ds.get("SOPClassUID", "") or ""):
-            ds.SOPClassUID = str(meta.get("MediaStorageSOPClassUID", "") or CTImageStorage)
-            changed += 1
-        sop_uid = str(ds.get("SOPInstanceUID", "") or "")
-        if not is_valid_uid(sop_uid):
-            meta_uid = str(meta.get("MediaStorageSOPInstanceUID", "") or "")
-            if is_valid_uid(meta_uid) and not sop_uid:
-                ds.SOPInstanceUID = meta_uid
-            else:
-                position = "\\".join(str(v) for v in ds.get("ImagePositionPatient", []) or [])
-                ds.SOPInstanceUID = _repaired(
-                    sop_uid, "instance", series_uid, ds.get("InstanceNumber", ""),
-                    ds.get("AcquisitionNumber", ""), position,
-                )
-            changed += 1
-        if hasattr(ds, "file_meta"):
-            ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-            ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
-    sop_uids = [str(ds.SOPInstanceUID) for ds in datasets]
-    if len(set(sop_uids)) != len(sop_uids):
-        raise SeriesError("repaired SOP Instance UIDs are not unique (duplicate instances?)")
-    if changed:
-        logger.warning(
-            "repaired %d UID attribute(s) of series %s (%d instances): input had missing or "
-            "malformed UIDs", changed, series_uid, len(datasets),
-        )
-    return changed
 
 
 def ct_headers(

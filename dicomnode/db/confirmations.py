@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from dicomnode.contracts import EventKind
 from dicomnode.db.exports import ExportTicket, _ticket
 from dicomnode.db.models import Export, ExportState, Job, ResultObject, Study, utcnow
 from dicomnode.db.records import add_event
@@ -64,7 +65,7 @@ class ConfirmationLog:
                 export.check_at = check_at
                 export.confirm_attempts = 0
             for (study_id, job_id, destination), count in newly.items():
-                add_event(session, study_id, "export-committed",
+                add_event(session, study_id, EventKind.EXPORT_COMMITTED,
                           f"{count} objects confirmed by {destination} ({how})", job_id=job_id)
 
     def lost(self, export_ids: Sequence[int], reason: str) -> None:
@@ -82,7 +83,7 @@ class ConfirmationLog:
                 export.check_at = None
                 export.committed_at = None
                 export.last_error = reason[:2000]
-                add_event(session, job.study_id, "export-lost",
+                add_event(session, job.study_id, EventKind.EXPORT_LOST,
                           f"{obj.kind} {obj.sop_instance_uid} not held by {export.destination} "
                           f"({reason[:200]}); sending again", job_id=job.id)
 
@@ -99,7 +100,7 @@ class ConfirmationLog:
                     export.state = ExportState.FAILED
                     obj = session.get_one(ResultObject, export.result_object_id)
                     job = session.get_one(Job, obj.job_id)
-                    add_event(session, job.study_id, "export-failed",
+                    add_event(session, job.study_id, EventKind.EXPORT_FAILED,
                               f"{obj.kind} {obj.sop_instance_uid}: {export.destination} never "
                               f"confirmed it ({error[:200]})", job_id=job.id)
                 else:

@@ -9,6 +9,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import case, or_, select
 from sqlalchemy.orm import Session, aliased, sessionmaker
 
+from dicomnode.contracts import EventKind
 from dicomnode.db.models import Export, ExportState, Job, ResultObject, Study, utcnow
 from dicomnode.db.records import add_event
 
@@ -113,7 +114,7 @@ class ExportLog:
                 study_id, job_id = self._study_of(session, export)
                 obj = session.get_one(ResultObject, export.result_object_id)
                 add_event(
-                    session, study_id, "exported",
+                    session, study_id, EventKind.EXPORTED,
                     f"{obj.kind} {obj.sop_instance_uid} to {export.destination}", job_id=job_id,
                 )
 
@@ -138,7 +139,7 @@ class ExportLog:
             for o in added:
                 session.add(Export(result_object_id=o.id, destination=export.destination))
             add_event(
-                session, study_id, "output-choice",
+                session, study_id, EventKind.OUTPUT_CHOICE,
                 f"{export.destination} refused {obj.kind} ({reason[:200]}); "
                 f"sending the overlay series instead ({len(added)} more objects queued)",
                 job_id=job_id,
@@ -160,7 +161,7 @@ class ExportLog:
             if export.attempts >= max_attempts:
                 export.state = ExportState.FAILED
                 add_event(
-                    session, study_id, "export-failed",
+                    session, study_id, EventKind.EXPORT_FAILED,
                     f"to {export.destination} after {export.attempts} attempts: {error[:300]}",
                     job_id=job_id,
                 )
@@ -168,7 +169,7 @@ class ExportLog:
                 delay = min(backoff_max_s, backoff_initial_s * 2 ** (export.attempts - 1))
                 export.next_attempt_at = now + timedelta(seconds=delay)
                 add_event(
-                    session, study_id, "export-retry",
+                    session, study_id, EventKind.EXPORT_RETRY,
                     f"to {export.destination}, attempt {export.attempts} failed "
                     f"({error[:200]}); next in {delay:.0f} s",
                     job_id=job_id,
@@ -191,7 +192,7 @@ class ExportLog:
             for export in exports:
                 _requeue(export, now)
             study_id, _ = self._study_of(session, exports[0])
-            add_event(session, study_id, "export-requeued",
+            add_event(session, study_id, EventKind.EXPORT_REQUEUED,
                       f"{len(exports)} to {destination} by operator", job_id=job_id)
             return len(exports)
 
@@ -201,7 +202,7 @@ class ExportLog:
             export = session.get_one(Export, export_id)
             _requeue(export, utcnow())
             study_id, job_id = self._study_of(session, export)
-            add_event(session, study_id, "export-requeued", "by operator", job_id=job_id)
+            add_event(session, study_id, EventKind.EXPORT_REQUEUED, "by operator", job_id=job_id)
 
 
 def _requeue(export: Export, now: datetime) -> None:

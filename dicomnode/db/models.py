@@ -26,6 +26,10 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from dicomnode.contracts.states import ExportState, JobState, SeriesState
+
+__all__ = ["ExportState", "JobState", "SeriesState"]  # defined with the contracts
+
 UID_LEN = 64
 
 
@@ -41,29 +45,6 @@ def _enum_values(enum_cls: type[enum.Enum]) -> list[str]:
 
 class Base(DeclarativeBase):
     type_annotation_map = {dict[str, Any]: JSON}
-
-
-class SeriesState(enum.StrEnum):
-    RECEIVING = "receiving"
-    COMPLETE = "complete"  # quiet period passed
-    SELECTED = "selected"  # chosen for analysis
-    SKIPPED = "skipped"  # not analysed; skip_reason says why
-
-
-class JobState(enum.StrEnum):
-    QUEUED = "queued"
-    RUNNING = "running"
-    DONE = "done"
-    FAILED = "failed"
-
-
-class ExportState(enum.StrEnum):
-    PENDING = "pending"
-    SENDING = "sending"
-    SENT = "sent"  # the C-STORE/STOW response said success; not yet confirmed
-    COMMITTED = "committed"  # the PACS confirmed it holds the object (commitment or read-back)
-    FAILED = "failed"
-    REFUSED = "refused"  # the destination does not take this SOP class; the overlay replaces it
 
 
 class Study(Base):

@@ -1,4 +1,5 @@
-"""The job queue: claim with a lease, heartbeat, complete, fail. The worker never sees SQL.
+"""The job queue: claim with a lease, heartbeat, complete, fail, requeue. The worker never sees
+SQL.
 
 A claim is one conditional UPDATE (``WHERE id = ? AND (queued OR lease expired)``), so two
 workers cannot both win a job on SQLite or PostgreSQL. A job whose worker died keeps an
@@ -18,6 +19,7 @@ from pydicom.uid import generate_uid
 from sqlalchemy import ColumnElement, and_, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from dicomnode.contracts import EventKind, PriorReport, ResultFile, ResultKind
 from dicomnode.db.models import (
     Export,
     ExportState,
@@ -47,23 +49,6 @@ class JobTicket:
     attempt: int
     uid_root: str
     files: tuple[str, ...]  # relative to the data directory, in receive order
-
-
-@dataclass(frozen=True)
-class PriorSR:
-    study_instance_uid: str
-    series_instance_uid: str
-    sop_instance_uid: str
-    sop_class_uid: str
-
-
-@dataclass(frozen=True)
-class NewResult:
-    kind: str
-    sop_class_uid: str
-    sop_instance_uid: str
-    series_instance_uid: str
-    path: str  # relative to the data directory
 
 
 @dataclass(frozen=True)
@@ -154,7 +139,7 @@ class JobQueue:
             job.finished_at = now
             job.error = job.error or "worker stopped during every attempt"
             add_event(
-                session, job.study_id, "job-failed",
+                session, job.study_id, EventKind.JOB_FAILED,
                 f"gave up after {job.attempts - 1} attempts: {job.error}", job_id=job.id,
             )
             log.error("job %d failed for good: %s", job.id, job.error)
@@ -171,7 +156,7 @@ class JobQueue:
             )
         )
         add_event(
-            session, job.study_id, "job-started",
+            session, job.study_id, EventKind.JOB_STARTED,
             f"attempt {job.attempts} by {owner}", job_id=job.id,
         )
         return JobTicket(
@@ -195,7 +180,7 @@ class JobQueue:
             )
             return result.rowcount == 1  # type: ignore[attr-defined]
 
-    def prior_reports(self, study_id: int, before_job_id: int) -> list[PriorSR]:
+    def prior_reports(self, study_id: int, before_job_id: int) -> list[PriorReport]:
         """SRs of earlier finished jobs of the study, newest first (predecessor documents)."""
         with self._sessions() as session:
             rows = session.execute(
@@ -203,11 +188,11 @@ class JobQueue:
                 .join(Job, ResultObject.job_id == Job.id)
                 .join(Study, Job.study_id == Study.id)
                 .where(Job.study_id == study_id, Job.id < before_job_id)
-                .where(Job.state == JobState.DONE, ResultObject.kind == "SR")
+                .where(Job.state == JobState.DONE, ResultObject.kind == ResultKind.SR)
                 .order_by(Job.id.desc())
             )
             return [
-                PriorSR(study_uid, r.series_instance_uid, r.sop_instance_uid, r.sop_class_uid)
+                PriorReport(study_uid, r.series_instance_uid, r.sop_instance_uid, r.sop_class_uid)
                 for r, study_uid in rows
             ]
 
@@ -215,7 +200,7 @@ class JobQueue:
         self,
         job_id: int,
         owner: str,
-        results: Sequence[NewResult],
+        results: Sequence[ResultFile],  # paths relative to the data directory
         summary: dict[str, Any],
         destinations: Iterable[tuple[str, Sequence[str]]],
     ) -> bool:
@@ -232,46 +217,16 @@ class JobQueue:
                 return False
             wanted = list(destinations)
             for res in results:
-                obj = session.scalar(
-                    select(ResultObject).where(
-                        ResultObject.sop_instance_uid == res.sop_instance_uid
-                    )
-                )
-                if obj is None:  # first run; a re-run reuses the rows of the same UIDs
-                    obj = ResultObject(
-                        job_id=job_id,
-                        kind=res.kind,
-                        sop_class_uid=res.sop_class_uid,
-                        sop_instance_uid=res.sop_instance_uid,
-                        series_instance_uid=res.series_instance_uid,
-                        path=res.path,
-                    )
-                    session.add(obj)
-                    session.flush()
-                obj.path = res.path
-                existing = {
-                    e.destination: e
-                    for e in session.scalars(
-                        select(Export).where(Export.result_object_id == obj.id)
-                    )
-                }
-                for name, kinds in wanted:
-                    if res.kind not in kinds:
-                        continue
-                    export = existing.get(name)
-                    if export is None:
-                        session.add(Export(result_object_id=obj.id, destination=name))
-                    else:
-                        export.state = ExportState.PENDING
-                        export.attempts = 0
-                        export.next_attempt_at = now
+                obj = _record_result(session, job_id, res)
+                wanting = [name for name, kinds in wanted if res.kind in kinds]
+                _queue_exports(session, obj.id, wanting, now)
             job.state = JobState.DONE
             job.finished_at = now
             job.summary = summary
             job.lease_expires_at = None
             job.error = ""
             add_event(
-                session, job.study_id, "job-done",
+                session, job.study_id, EventKind.JOB_DONE,
                 f"{len(results)} result objects written", job_id=job_id,
             )
         return True
@@ -295,20 +250,32 @@ class JobQueue:
                 job.finished_at = now
                 note = ""
             add_event(
-                session, job.study_id, "job-retry" if again else "job-failed",
+                session, job.study_id, EventKind.JOB_RETRY if again else EventKind.JOB_FAILED,
                 f"attempt {job.attempts}: {error[:500]}{note}", job_id=job_id,
             )
             return job.state
 
-    def requeue(self, job_id: int) -> None:
-        """Operator action: run a failed or finished job again (same UIDs, same objects)."""
+    def requeue(self, job_id: int) -> bool:
+        """Operator action: run a job again (same UIDs, same objects); the one entry point of
+        the CLI and the web.
+
+        Refused (False) while a worker holds the job: the guard is the ``WHERE`` of one UPDATE,
+        so a claim between a check and the write cannot slip through and no job runs twice.
+        LookupError when there is no such job.
+        """
         with self._sessions() as session, session.begin():
-            job = session.get_one(Job, job_id)
-            job.state = JobState.QUEUED
-            job.attempts = 0
-            job.error = ""
-            job.next_attempt_at = None
-            add_event(session, job.study_id, "job-requeued", "by operator", job_id=job_id)
+            done = session.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.state != JobState.RUNNING)
+                .values(state=JobState.QUEUED, attempts=0, error="", next_attempt_at=None)
+            )
+            study_id = session.scalar(select(Job.study_id).where(Job.id == job_id))
+            if study_id is None:
+                raise LookupError(f"job {job_id} not found")
+            if done.rowcount != 1:  # type: ignore[attr-defined]
+                return False
+            add_event(session, study_id, EventKind.JOB_REQUEUED, "by operator", job_id=job_id)
+        return True
 
     def has_results(self, job_id: int) -> bool:
         """True when an earlier attempt of the job completed (its outbox files are in use)."""
@@ -316,3 +283,40 @@ class JobQueue:
             found = session.scalar(select(ResultObject.id).where(ResultObject.job_id == job_id))
             return found is not None
 
+
+def _record_result(session: Session, job_id: int, res: ResultFile) -> ResultObject:
+    """The row of a result file; a re-run reuses the row of the same SOP Instance UID."""
+    obj = session.scalar(
+        select(ResultObject).where(ResultObject.sop_instance_uid == res.sop_instance_uid)
+    )
+    if obj is None:
+        obj = ResultObject(
+            job_id=job_id,
+            kind=str(res.kind),
+            sop_class_uid=res.sop_class_uid,
+            sop_instance_uid=res.sop_instance_uid,
+            series_instance_uid=res.series_instance_uid,
+            path=res.path.as_posix(),
+        )
+        session.add(obj)
+        session.flush()
+    obj.path = res.path.as_posix()
+    return obj
+
+
+def _queue_exports(
+    session: Session, result_object_id: int, destinations: Sequence[str], now: datetime
+) -> None:
+    """One pending export of the object to each destination; an existing row starts over."""
+    existing = {
+        e.destination: e
+        for e in session.scalars(select(Export).where(Export.result_object_id == result_object_id))
+    }
+    for name in destinations:
+        export = existing.get(name)
+        if export is None:
+            session.add(Export(result_object_id=result_object_id, destination=name))
+        else:
+            export.state = ExportState.PENDING
+            export.attempts = 0
+            export.next_attempt_at = now

@@ -11,6 +11,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.sql.dml import ReturningInsert
 
+from dicomnode.contracts import EventKind
 from dicomnode.db.models import Event, Instance, Job, JobState, Series, SeriesState, Study, utcnow
 
 
@@ -43,9 +44,13 @@ class InstanceRecord:
 
 
 def add_event(
-    session: Session, study_id: int | None, kind: str, message: str = "", job_id: int | None = None
+    session: Session,
+    study_id: int | None,
+    kind: EventKind,
+    message: str = "",
+    job_id: int | None = None,
 ) -> None:
-    session.add(Event(study_id=study_id, job_id=job_id, kind=kind, message=message))
+    session.add(Event(study_id=study_id, job_id=job_id, kind=kind.value, message=message))
 
 
 @dataclass(frozen=True)
@@ -128,7 +133,7 @@ class InstanceRecorder:
     def record_conflict(self, study_id: int, message: str) -> None:
         """One 'instance-conflict' line in the study's event log (UIDs and AE titles only)."""
         with self._sessions() as session, session.begin():
-            add_event(session, study_id, "instance-conflict", message)
+            add_event(session, study_id, EventKind.INSTANCE_CONFLICT, message)
 
     def resent(self, sop_instance_uid: str) -> bool:
         """An instance already stored arrived again. If its study's newest job failed for
@@ -197,7 +202,7 @@ class InstanceRecorder:
             )
             session.add(study)
             session.flush()
-            add_event(session, study.id, "study-received", f"from {rec.calling_ae_title}")
+            add_event(session, study.id, EventKind.STUDY_RECEIVED, f"from {rec.calling_ae_title}")
         series = session.scalar(
             select(Series).where(Series.series_instance_uid == rec.series_instance_uid)
         )
@@ -215,7 +220,7 @@ class InstanceRecorder:
             add_event(
                 session,
                 study.id,
-                "series-received",
+                EventKind.SERIES_RECEIVED,
                 f"series {rec.series_instance_uid} ({rec.modality or 'no modality'})",
             )
         return study.id, series.id

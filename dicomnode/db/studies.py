@@ -9,6 +9,7 @@ from datetime import datetime
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
+from dicomnode.contracts import EventKind
 from dicomnode.db.models import Instance, Job, JobState, Series, SeriesState, Study
 from dicomnode.db.records import add_event
 from dicomnode.jobs.selection import InstanceGeometry, SeriesCandidate
@@ -95,9 +96,8 @@ def enqueue_job(
     )
     session.add(job)
     session.flush()
-    add_event(session, study_id, "job-queued", f"{instance_count} instances", job_id=job.id)
+    add_event(session, study_id, EventKind.JOB_QUEUED, f"{instance_count} instances", job_id=job.id)
     return job.id
-
 
 
 def requeue_failed(session: Session, job: Job) -> int:
@@ -109,7 +109,7 @@ def requeue_failed(session: Session, job: Job) -> int:
     job.lease_expires_at = None
     job.finished_at = None
     add_event(
-        session, job.study_id, "job-requeued",
+        session, job.study_id, EventKind.JOB_REQUEUED,
         f"study re-sent after the job failed ({failed_after} attempts)", job_id=job.id,
     )
     return job.id

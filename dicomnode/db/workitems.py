@@ -21,8 +21,8 @@ from datetime import datetime
 from sqlalchemy import ColumnElement, and_, or_, select
 from sqlalchemy.orm import Session
 
+from dicomnode.contracts import PriorReport
 from dicomnode.db.models import Instance, Job, JobState, Series, Study, utcnow
-from dicomnode.db.queue import PriorSR
 
 REMOTE_OWNER_PREFIX = "ups:"
 JOB_ID_BITS = 48
@@ -96,7 +96,7 @@ class WorkitemView:
     scheduled_at: datetime  # when it may run: created, or a retry's backoff end
     attempts: int
     uid_root: str  # "" until the job is first claimed
-    predecessors: tuple[PriorSR, ...]  # earlier SRs of the study (filled by the caller)
+    predecessors: tuple[PriorReport, ...]  # earlier SRs of the study (filled by the caller)
 
 
 def _view(session: Session, job: Job, now: datetime) -> WorkitemView:

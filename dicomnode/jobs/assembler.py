@@ -20,6 +20,7 @@ from datetime import datetime, timedelta
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicomnode.config import Settings, Source
+from dicomnode.contracts import EventKind
 from dicomnode.db import studies as db
 from dicomnode.db.models import JobState, SeriesState, utcnow
 from dicomnode.db.records import add_event
@@ -94,7 +95,7 @@ class Assembler:
         except CountQueryError as exc:
             log.warning("study %s: expected counts unavailable: %s", study_uid, exc)
             with self._sessions() as session, session.begin():
-                add_event(session, study_id, "counts-unavailable",
+                add_event(session, study_id, EventKind.COUNTS_UNAVAILABLE,
                           f"{exc}; waiting for the quiet period")
             return None
         with self._sessions() as session:
@@ -103,7 +104,7 @@ class Assembler:
             log.info("study %s: %s; waiting", study_uid, check.detail)
             return None
         with self._sessions() as session, session.begin():
-            add_event(session, study_id, "counts-matched", f"{source.name}: {check.detail}")
+            add_event(session, study_id, EventKind.COUNTS_MATCHED, f"{source.name}: {check.detail}")
             return self._evaluate(session, study_id, now)
 
     def _evaluate(self, session: Session, study_id: int, now: datetime) -> int | None:
@@ -115,12 +116,14 @@ class Assembler:
                 skipped.reason,
             ):
                 add_event(
-                    session, study_id, "series-skipped",
+                    session, study_id, EventKind.SERIES_SKIPPED,
                     f"series {skipped.series_instance_uid}: {skipped.reason}",
                 )
         chosen = selection.chosen
         if chosen is None:
-            add_event(session, study_id, "no-series", "no analysable axial CT series in study")
+            add_event(
+                session, study_id, EventKind.NO_SERIES, "no analysable axial CT series in study"
+            )
             log.info("study %s: no analysable series", snap.study_instance_uid)
             db.mark_evaluated(session, study_id, snap.last_received_at)
             return None
@@ -131,12 +134,12 @@ class Assembler:
                 if study_id not in self._waiting:
                     self._waiting.add(study_id)
                     add_event(
-                        session, study_id, "waiting",
+                        session, study_id, EventKind.WAITING,
                         f"series {chosen.series_instance_uid} lacks instance numbers {missing}",
                     )
                 return None
             add_event(
-                session, study_id, "incomplete",
+                session, study_id, EventKind.INCOMPLETE,
                 f"analysing series {chosen.series_instance_uid} without instances {missing}",
             )
         self._waiting.discard(study_id)
@@ -152,7 +155,7 @@ class Assembler:
             return db.requeue_failed(session, earlier)
         if earlier is not None:
             add_event(
-                session, study_id, "unchanged",
+                session, study_id, EventKind.UNCHANGED,
                 f"series {chosen.series_instance_uid} unchanged since job {earlier.id}; "
                 "not processed again",
                 job_id=earlier.id,
@@ -160,7 +163,7 @@ class Assembler:
             log.info("study %s unchanged since job %d", snap.study_instance_uid, earlier.id)
             return None
         add_event(
-            session, study_id, "study-complete",
+            session, study_id, EventKind.STUDY_COMPLETE,
             f"series {chosen.series_instance_uid} chosen: {chosen.reason}",
         )
         job_id = db.enqueue_job(session, study_id, series_id, fingerprint, len(sop_uids))

@@ -2,76 +2,18 @@
 
 The worker loads a processor by the import path named in ``[pipeline] processor`` (for example
 ``pipeline.processor:ChestCTProcessor``) once per process and calls :meth:`Processor.process`
-for each job. The node defines this interface and the pipeline satisfies it structurally, so
-neither package imports the other.
+for each job. The records it passes and gets back (``ProcessRequest``, ``ProcessOutcome``,
+``ResultFile``) live in ``dicomnode.contracts``, the one part of the node the pipeline imports.
 """
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import Mapping
 from typing import Any, Protocol, runtime_checkable
 
+from dicomnode.contracts.results import ProcessOutcome, ProcessRequest
 from dicomnode.errors import ProcessorError
-
-
-@dataclass(frozen=True)
-class PriorReport:
-    """A result SR sent earlier for the same study, listed as a predecessor in a new SR."""
-
-    study_instance_uid: str
-    series_instance_uid: str
-    sop_instance_uid: str
-    sop_class_uid: str
-
-
-@dataclass(frozen=True)
-class ProcessRequest:
-    """One series to analyse.
-
-    ``uid_root`` is fixed when the job first runs and stored in the database; processors derive
-    every result UID from it deterministically, so a re-run writes the same objects again.
-    """
-
-    job_id: int
-    files: tuple[Path, ...]
-    out_dir: Path
-    uid_root: str
-    predecessors: tuple[PriorReport, ...] = ()
-    options: Mapping[str, Any] = field(default_factory=dict)
-
-
-@runtime_checkable
-class ResultObject(Protocol):
-    """A DICOM file a processor wrote into ``ProcessRequest.out_dir``."""
-
-    @property
-    def path(self) -> Path: ...
-
-    @property
-    def kind(self) -> str: ...  # "SEG", "SR", "OVERLAY" (one per file)
-
-    @property
-    def sop_class_uid(self) -> str: ...
-
-    @property
-    def sop_instance_uid(self) -> str: ...
-
-    @property
-    def series_instance_uid(self) -> str: ...
-
-
-@runtime_checkable
-class ProcessOutcome(Protocol):
-    """What a processor returns: the files it wrote and a JSON-serialisable summary."""
-
-    @property
-    def objects(self) -> Sequence[ResultObject]: ...
-
-    @property
-    def summary(self) -> Mapping[str, Any]: ...
 
 
 @runtime_checkable

@@ -26,8 +26,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicomnode.config import Settings
+from dicomnode.contracts import ResultFile, ResultKind
 from dicomnode.db.models import Job, JobState, ResultObject, Study, utcnow
-from dicomnode.db.queue import JobQueue, NewResult, RetryBackoff
+from dicomnode.db.queue import JobQueue, RetryBackoff
 from dicomnode.db.workitems import find_job, held_by, remote_owner, ups_state
 from dicomnode.receiving.storage import Storage, is_valid_uid
 from dicomnode.remote.workitem import Report
@@ -51,12 +52,12 @@ class WorkitemConflictError(RuntimeError):
     """The request does not fit the workitem's state or transaction (HTTP 409)."""
 
 
-def result_kind(sop_class_uid: str) -> str:
+def result_kind(sop_class_uid: str) -> ResultKind:
     if sop_class_uid == SEG_CLASS:
-        return "SEG"
+        return ResultKind.SEG
     if sop_class_uid.startswith(SR_CLASS_PREFIX):
-        return "SR"
-    return "OVERLAY"
+        return ResultKind.SR
+    return ResultKind.OVERLAY
 
 
 @dataclass(frozen=True)
@@ -199,17 +200,17 @@ class RemoteJobs:
                       str(raw.get("summary", "")))
 
     # ------------------------------------------------------------------ results
-    def _collect(self, job_id: int) -> list[NewResult]:
+    def _collect(self, job_id: int) -> list[ResultFile]:
         results = []
         for path in sorted(self.results_dir(job_id).glob("*.dcm")):
             ds = dcmread(path, stop_before_pixels=True)
             sop_class = str(ds.SOPClassUID)
-            results.append(NewResult(
+            results.append(ResultFile(
+                path=Path(self._storage.relative(path)),
                 kind=result_kind(sop_class),
                 sop_class_uid=sop_class,
                 sop_instance_uid=str(ds.SOPInstanceUID),
                 series_instance_uid=str(ds.SeriesInstanceUID),
-                path=self._storage.relative(path),
             ))
         return results
 

@@ -12,12 +12,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass, fields
 
 from dicomnode.config import SelectionSettings
+from dicomnode.contracts.stack import (
+    SliceGeometry,
+    StackError,
+    check_stack,
+    parse_numbers,
+    slice_normal,
+)
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 ENHANCED_CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2.1"
-ORIENTATION_TOLERANCE = 1e-3  # direction cosines
 AXIAL_MIN_NORMAL_Z = 0.9  # |cos| between slice normal and the patient z axis
-DUPLICATE_POSITION_MM = 0.01
 COVERAGE_SHARE_FOR_TIE = 0.8  # series covering >= 80% of the widest one count as full coverage
 
 
@@ -63,22 +68,35 @@ class Selection:
     skipped: tuple[SeriesAssessment, ...]  # every other series, with its reason
 
 
-def _floats(text: str | None, count: int) -> tuple[float, ...] | None:
-    if not text:
-        return None
-    try:
-        values = tuple(float(v) for v in text.split("\\"))
-    except ValueError:
-        return None
-    return values if len(values) == count else None
-
-
 def _missing_numbers(numbers: Sequence[int | None]) -> tuple[int, ...]:
     known = sorted({n for n in numbers if n is not None})
     if len(known) < 2:
         return ()
     present = set(known)
     return tuple(n for n in range(known[0], known[-1] + 1) if n not in present)
+
+
+def _slice_geometry(insts: Sequence[InstanceGeometry]) -> list[SliceGeometry] | str:
+    """The parsed geometry of each instance, or the reason it cannot be parsed."""
+    slices = []
+    for inst in insts:
+        orientation = parse_numbers(inst.image_orientation, 6)
+        if orientation is None:
+            return "missing or malformed ImageOrientationPatient"
+        position = parse_numbers(inst.image_position, 3)
+        if position is None:
+            return "missing or malformed ImagePositionPatient"
+        spacing = parse_numbers(inst.pixel_spacing, 2)
+        if spacing is None:
+            return "missing or malformed PixelSpacing"
+        slices.append(SliceGeometry(
+            position=(position[0], position[1], position[2]),
+            orientation=(orientation[0], orientation[1], orientation[2],
+                         orientation[3], orientation[4], orientation[5]),
+            rows=inst.rows or 0, columns=inst.columns or 0,
+            pixel_spacing=(spacing[0], spacing[1]), instance_number=inst.instance_number,
+        ))
+    return slices
 
 
 def assess(candidate: SeriesCandidate, rules: SelectionSettings) -> SeriesAssessment:
@@ -104,50 +122,30 @@ def assess(candidate: SeriesCandidate, rules: SelectionSettings) -> SeriesAssess
             return no(f"series description {candidate.description!r} names a {word}")
     if len(insts) < rules.min_slices:
         return no(f"too few slices ({len(insts)} < {rules.min_slices})")
-    parsed = [_floats(i.image_orientation, 6) for i in insts]
-    orientations = [o for o in parsed if o is not None]
-    if len(orientations) != len(parsed):
-        return no("missing or malformed ImageOrientationPatient")
-    first = orientations[0]
-    for other in orientations:
-        if max(abs(a - b) for a, b in zip(first, other, strict=True)) > ORIENTATION_TOLERANCE:
-            return no("slices have different orientations")
-    row, col = first[:3], first[3:]
-    normal = (
-        row[1] * col[2] - row[2] * col[1],
-        row[2] * col[0] - row[0] * col[2],
-        row[0] * col[1] - row[1] * col[0],
-    )
-    if abs(normal[2]) < AXIAL_MIN_NORMAL_Z:
-        return no("not axial (slice normal %.2f, %.2f, %.2f)" % normal)
-    if len({(i.rows, i.columns) for i in insts}) != 1:
-        return no("slices have different matrix sizes")
-    if len({i.pixel_spacing for i in insts}) != 1 or _floats(insts[0].pixel_spacing, 2) is None:
-        return no("missing or inconsistent PixelSpacing")
-    positions = []
-    for inst in insts:
-        pos = _floats(inst.image_position, 3)
-        if pos is None:
-            return no("missing or malformed ImagePositionPatient")
-        positions.append(sum(p * n for p, n in zip(pos, normal, strict=True)))
-    positions.sort()
-    gaps = [b - a for a, b in zip(positions, positions[1:], strict=False)]
-    if any(g < DUPLICATE_POSITION_MM for g in gaps):
-        return no("duplicate slice positions (several phases or reconstructions in one series)")
-    median_gap = sorted(gaps)[len(gaps) // 2]
-    if any(abs(g - median_gap) > rules.spacing_tolerance * median_gap for g in gaps):
-        return no("inconsistent slice spacing (gaps %.2f-%.2f mm)" % (min(gaps), max(gaps)))
+    slices = _slice_geometry(insts)
+    if isinstance(slices, str):
+        return no(slices)
+    try:
+        normal = slice_normal(slices[0].orientation)
+        if abs(normal[2]) < AXIAL_MIN_NORMAL_Z:
+            return no("not axial (slice normal %.2f, %.2f, %.2f)" % normal)
+        stack = check_stack(
+            slices, min_slices=rules.min_slices, spacing_tolerance=rules.spacing_tolerance
+        )
+    except StackError as exc:
+        return no(str(exc))
+    median_gap = stack.median_gap_mm
     thickness = insts[0].slice_thickness or median_gap
     if max(thickness, median_gap) > rules.max_slice_thickness_mm:
         return no(
             "slices too thick (%.1f mm > %.1f mm)"
             % (max(thickness, median_gap), rules.max_slice_thickness_mm)
         )
-    coverage = positions[-1] - positions[0] + median_gap
+    coverage = stack.coverage_mm
     return SeriesAssessment(
         uid,
         True,
-        f"{len(insts)} axial slices, {median_gap:.2f} mm spacing, {coverage:.0f} mm coverage",
+        f"{len(stack.order)} axial slices, {median_gap:.2f} mm spacing, {coverage:.0f} mm coverage",
         slice_spacing_mm=median_gap,
         coverage_mm=coverage,
         missing_instance_numbers=_missing_numbers([i.instance_number for i in insts]),

@@ -19,10 +19,11 @@ from pathlib import Path
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicomnode.config import Settings
+from dicomnode.contracts import ProcessRequest, ResultFile, ResultKind, is_retryable
 from dicomnode.db.leases import release_dead_local_leases
-from dicomnode.db.queue import JobQueue, JobTicket, NewResult, RetryBackoff
+from dicomnode.db.queue import JobQueue, JobTicket, RetryBackoff
 from dicomnode.errors import safe_message
-from dicomnode.jobs.processing import PriorReport, Processor, ProcessRequest
+from dicomnode.jobs.processing import Processor
 from dicomnode.receiving.storage import Storage
 
 log = logging.getLogger(__name__)
@@ -66,7 +67,7 @@ class Worker:
         try:
             self._run(ticket)
         except Exception as exc:
-            retry = bool(getattr(exc, "retryable", True))
+            retry = is_retryable(exc)
             message = safe_message(exc)
             self._discard_partial_outbox(ticket.job_id)
             state = self._queue.fail(ticket.job_id, self.owner, message, retry=retry)
@@ -93,11 +94,7 @@ class Worker:
             files=tuple(self._storage.absolute(f) for f in ticket.files),
             out_dir=out_dir,
             uid_root=ticket.uid_root,
-            predecessors=tuple(
-                PriorReport(p.study_instance_uid, p.series_instance_uid, p.sop_instance_uid,
-                            p.sop_class_uid)
-                for p in prior
-            ),
+            predecessors=tuple(prior),
         )
         outcome = self._processor.process(request)
         results = []
@@ -106,12 +103,12 @@ class Worker:
             if not path.is_absolute():
                 path = out_dir / path
             results.append(
-                NewResult(
-                    kind=obj.kind,
+                ResultFile(
+                    path=Path(self._storage.relative(path)),
+                    kind=ResultKind(obj.kind),
                     sop_class_uid=obj.sop_class_uid,
                     sop_instance_uid=obj.sop_instance_uid,
                     series_instance_uid=obj.series_instance_uid,
-                    path=self._storage.relative(path),
                 )
             )
         destinations = [(d.name, d.objects) for d in self._settings.destinations]

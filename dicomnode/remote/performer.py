@@ -29,8 +29,9 @@ from pathlib import Path
 
 from pydicom.uid import generate_uid
 
+from dicomnode.contracts import PriorReport, ProcessRequest
 from dicomnode.errors import safe_message
-from dicomnode.jobs.processing import PriorReport, Processor, ProcessRequest
+from dicomnode.jobs.processing import Processor
 from dicomnode.remote.client import DicomwebClient, RemoteError
 from dicomnode.remote.workitem import (
     Assignment,

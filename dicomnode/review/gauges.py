@@ -1,11 +1,12 @@
-"""The local validation figures as Prometheus gauges (text exposition lines), one sample per
-(role, model) over all verdicts; undefined ratios are left out."""
+"""The local validation figures as Prometheus gauges (metric families for the /metrics
+collector), one sample per (role, model) over all verdicts; undefined ratios are left out."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
 
+from prometheus_client.core import GaugeMetricFamily
 from sqlalchemy.orm import Session
 
 from dicomnode.review.validation import validation_report
@@ -25,23 +26,20 @@ GAUGES = (
 )
 
 
-def _label(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
-def exposition(models: list[Mapping[str, Any]]) -> str:
-    lines: list[str] = []
+def validation_families(models: list[Mapping[str, Any]]) -> list[GaugeMetricFamily]:
+    """One gauge family per figure defined for at least one (role, model)."""
+    families = []
     for key, name, help_text in GAUGES:
         samples = [(m, float(m[key])) for m in models if m.get(key) is not None]
         if not samples:
             continue
-        lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge"]
+        family = GaugeMetricFamily(name, help_text, labels=["role", "model"])
         for model, value in samples:
-            labels = f'role="{_label(model["role"])}",model="{_label(model["model"])}"'
-            lines.append(f"{name}{{{labels}}} {value!r}")
-    return "".join(line + "\n" for line in lines)
+            family.add_metric([str(model["role"]), str(model["model"])], value)
+        families.append(family)
+    return families
 
 
-def validation_exposition(session: Session) -> str:
+def validation_metrics(session: Session) -> list[GaugeMetricFamily]:
     """The gauges for one scrape."""
-    return exposition(validation_report(session)["models"])
+    return validation_families(validation_report(session)["models"])

@@ -17,11 +17,13 @@ from pydicom.errors import InvalidDicomError
 from pydicom.uid import generate_uid
 
 from dicomnode.config import Settings, pipeline_options
+from dicomnode.contracts import ProcessRequest
 from dicomnode.errors import DicomNodeError
-from dicomnode.jobs.processing import ProcessRequest, load_processor
+from dicomnode.jobs.processing import load_processor
 from dicomnode.jobs.selection import InstanceGeometry, SeriesCandidate, choose_series
 from dicomnode.receiving.headers import instance_record, text_value
 from dicomnode.tools.send import dicom_files
+from dicomnode.tools.uidfix import lenient_reading
 
 log = logging.getLogger(__name__)
 
@@ -31,18 +33,23 @@ def _candidates(files: list[Path]) -> tuple[list[SeriesCandidate], dict[str, lis
     paths: dict[str, list[Path]] = defaultdict(list)
     info: dict[str, tuple[str, str]] = {}
     for path in files:
-        try:
-            ds = dcmread(path, stop_before_pixels=True)
-        except (InvalidDicomError, OSError):
-            log.info("not a DICOM file, ignored: %s", path)
-            continue
-        series = str(ds.get("SeriesInstanceUID", "")) or "(no series uid)"
-        info.setdefault(series, (text_value(ds, "Modality"), text_value(ds, "SeriesDescription")))
-        paths[series].append(path)
-        record = instance_record(
-            ds, sop_class_uid=str(ds.get("SOPClassUID", "")), transfer_syntax_uid="",
-            path=str(path), size_bytes=0,
-        )
+        # Malformed UIDs are read without a warning per value: the processor repairs them and
+        # logs one line per series.
+        with lenient_reading():
+            try:
+                ds = dcmread(path, stop_before_pixels=True)
+            except (InvalidDicomError, OSError):
+                log.info("not a DICOM file, ignored: %s", path)
+                continue
+            series = str(ds.get("SeriesInstanceUID", "")) or "(no series uid)"
+            info.setdefault(
+                series, (text_value(ds, "Modality"), text_value(ds, "SeriesDescription"))
+            )
+            paths[series].append(path)
+            record = instance_record(
+                ds, sop_class_uid=str(ds.get("SOPClassUID", "")), transfer_syntax_uid="",
+                path=str(path), size_bytes=0,
+            )
         geometry[series].append(InstanceGeometry.of(record))
     candidates = [
         SeriesCandidate(uid, info[uid][0], info[uid][1], tuple(geometry[uid])) for uid in paths

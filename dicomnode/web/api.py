@@ -85,13 +85,10 @@ def retry_job_exports(ctx: WebContext, session: Session, job_id: int, destinatio
 
 def requeue_job(ctx: WebContext, session: Session, job_id: int) -> JobView:
     """Run a failed or finished job again; refused while a worker holds it."""
-    state = job_state(session, job_id)
-    if state is None:
-        raise LookupError(f"job {job_id} not found")
-    if state == JobState.RUNNING:
-        raise ActionRefusedError(f"job {job_id} is running")
     release(session)
-    JobQueue(ctx.sessions, max_attempts=ctx.settings.worker.max_attempts).requeue(job_id)
+    queue = JobQueue(ctx.sessions, max_attempts=ctx.settings.worker.max_attempts)
+    if not queue.requeue(job_id):  # LookupError when there is no such job
+        raise ActionRefusedError(f"job {job_id} is running")
     view = job_detail(session, job_id)
     if view is None:
         raise LookupError(f"job {job_id} not found")

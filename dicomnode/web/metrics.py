@@ -1,4 +1,5 @@
-"""``/metrics`` in the Prometheus text exposition format (version 0.0.4), written here.
+"""``/metrics`` in the Prometheus text exposition format (version 0.0.4), through a
+``prometheus_client`` custom collector.
 
 Totals come from the database on each scrape. Stage and job durations are histograms fed
 incrementally from finished jobs (``jobs.summary["timings_s"]`` and started/finished times):
@@ -12,28 +13,38 @@ from __future__ import annotations
 import math
 import re
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 from sqlalchemy.orm import Session
 
 from dicomnode import __version__
+from dicomnode.contracts import EventKind
 from dicomnode.db.models import utcnow
 from dicomnode.db.queries import counts as count_queries
-from dicomnode.review.gauges import validation_exposition
+from dicomnode.review.gauges import validation_metrics
 from dicomnode.web.context import get_ctx, get_session
 
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"  # what generate_latest writes
 STAGE_BUCKETS_S = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 JOB_BUCKETS_S = (1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 3600.0)
 MAX_STAGES = 32  # distinct stage labels kept; more would be a label explosion
 _STAGE_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,48}$")
-EXPORT_ATTEMPT_FAILURE_EVENTS = ("export-retry", "export-failed")
-JOB_EVENTS = ("job-retry", "job-failed")
+EXPORT_ATTEMPT_FAILURE_EVENTS = (EventKind.EXPORT_RETRY, EventKind.EXPORT_FAILED)
+JOB_EVENTS = (EventKind.JOB_RETRY, EventKind.JOB_FAILED)
 
 router = APIRouter(tags=["operations"])
 
@@ -103,116 +114,106 @@ class JobTimings:
             hist.observe(float(seconds))
 
 
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-
-
-def _number(value: float) -> str:
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    if float(value).is_integer():
-        return str(int(value))
-    return repr(float(value))
-
-
-def _labels(labels: dict[str, str]) -> str:
-    if not labels:
-        return ""
-    return "{" + ",".join(f'{k}="{_escape(v)}"' for k, v in labels.items()) + "}"
-
-
-class Exposition:
-    """Builds the text format: one HELP and TYPE line per family, then its samples."""
-
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-
-    def family(self, name: str, kind: str, help_text: str) -> None:
-        self.lines.append(f"# HELP {name} {_escape(help_text)}")
-        self.lines.append(f"# TYPE {name} {kind}")
-
-    def sample(self, name: str, value: float, labels: dict[str, str] | None = None) -> None:
-        self.lines.append(f"{name}{_labels(labels or {})} {_number(value)}")
-
-    def simple(
-        self, name: str, kind: str, help_text: str, value: float,
-    ) -> None:
-        self.family(name, kind, help_text)
-        self.sample(name, value)
-
-    def by_label(
-        self, name: str, kind: str, help_text: str, label: str, values: dict[str, int]
-    ) -> None:
-        self.family(name, kind, help_text)
-        for key, value in sorted(values.items()):
-            self.sample(name, value, {label: key})
-
-    def histograms(
-        self, name: str, help_text: str, series: Iterable[tuple[dict[str, str], Histogram]]
-    ) -> None:
-        self.family(name, "histogram", help_text)
-        for labels, hist in series:
-            for bound, count in zip(hist.buckets, hist.counts, strict=True):
-                self.sample(f"{name}_bucket", count, {**labels, "le": repr(float(bound))})
-            self.sample(f"{name}_bucket", hist.count, {**labels, "le": "+Inf"})
-            self.sample(f"{name}_sum", hist.total, labels)
-            self.sample(f"{name}_count", hist.count, labels)
-
-    def text(self) -> str:
-        return "\n".join(self.lines) + "\n"
-
-
 def _epoch_s(value: datetime) -> float:
     return value.replace(tzinfo=UTC).timestamp()
 
 
-def render(session: Session, timings: JobTimings, receiver_up: bool | None) -> str:
-    """The whole exposition for one scrape."""
-    totals = count_queries.totals(session)
-    events = count_queries.event_counts(session, EXPORT_ATTEMPT_FAILURE_EVENTS + JOB_EVENTS)
-    timings.update(session)
-    out = Exposition()
-    out.family("dicomnode_info", "gauge", "The node's software version.")
-    out.sample("dicomnode_info", 1, {"version": __version__})
-    if receiver_up is not None:
-        out.simple("dicomnode_receiver_up", "gauge",
-                   "1 while the DICOM receiver is listening.", int(receiver_up))
-    out.simple("dicomnode_instances_received_total", "counter",
-               "Instances received and stored.", totals["instances"])
-    out.simple("dicomnode_studies", "gauge", "Studies known to the node.", totals["studies"])
-    out.simple("dicomnode_series", "gauge", "Series known to the node.", totals["series"])
-    out.by_label("dicomnode_jobs", "gauge", "Jobs by state.", "state", totals["jobs"])
-    out.by_label("dicomnode_exports", "gauge", "Exports (one per result object and "
-                 "destination) by state.", "state", totals["exports"])
-    out.simple("dicomnode_export_failures_total", "counter",
-               "Exports that failed for good after their last attempt.", events["export-failed"])
-    out.simple("dicomnode_export_attempt_failures_total", "counter",
-               "Failed export attempts, retried or final.",
-               events["export-retry"] + events["export-failed"])
-    out.simple("dicomnode_job_failures_total", "counter",
-               "Jobs that failed for good.", events["job-failed"])
-    out.simple("dicomnode_job_retries_total", "counter",
-               "Job attempts that failed and were queued again.", events["job-retry"])
-    oldest = count_queries.oldest_queued_job_created_at(session)
-    out.simple("dicomnode_oldest_queued_job_age_seconds", "gauge",
-               "Age of the oldest queued job (0 when none waits).",
-               max(0.0, (utcnow() - oldest).total_seconds()) if oldest else 0)
-    last = count_queries.last_instance_received_at(session)
-    if last is not None:
-        out.simple("dicomnode_last_instance_received_timestamp_seconds", "gauge",
-                   "When the newest instance was received (Unix time).", _epoch_s(last))
-    out.histograms("dicomnode_stage_seconds",
-                   "Duration of each pipeline stage of finished jobs (summary timings_s).",
-                   [({"stage": k}, h) for k, h in sorted(timings.stages.items())])
-    out.histograms("dicomnode_job_seconds",
-                   "Duration of finished jobs, from the start of their last attempt.",
-                   [({}, timings.jobs)])
-    return out.text()
+def _gauge(name: str, help_text: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, help_text, value=value)
+
+
+def _counter(name: str, help_text: str, value: float) -> CounterMetricFamily:
+    return CounterMetricFamily(name, help_text, value=value)
+
+
+def _by_state(name: str, help_text: str, values: dict[str, int]) -> GaugeMetricFamily:
+    family = GaugeMetricFamily(name, help_text, labels=["state"])
+    for state, count in sorted(values.items()):
+        family.add_metric([state], count)
+    return family
+
+
+def _histogram(
+    name: str, help_text: str, label: str | None, series: Iterable[tuple[str, Histogram]]
+) -> HistogramMetricFamily:
+    family = HistogramMetricFamily(name, help_text, labels=[label] if label else None)
+    for value, hist in series:
+        buckets = [
+            (floatToGoString(bound), float(count))
+            for bound, count in zip(hist.buckets, hist.counts, strict=True)
+        ]
+        buckets.append(("+Inf", float(hist.count)))
+        family.add_metric([value] if label else [], buckets, hist.total)
+    return family
+
+
+class NodeCollector(Collector):
+    """The node's metrics for one scrape, read from the database through ``session``.
+
+    A custom collector rather than live counters: the numbers live in the database, shared by
+    every process of the node, so each scrape reads them instead of this process counting.
+    """
+
+    def __init__(self, session: Session, timings: JobTimings, receiver_up: bool | None) -> None:
+        self._session = session
+        self._timings = timings
+        self._receiver_up = receiver_up
+
+    def collect(self) -> Iterator[Metric]:
+        session = self._session
+        totals = count_queries.totals(session)
+        events = count_queries.event_counts(session, EXPORT_ATTEMPT_FAILURE_EVENTS + JOB_EVENTS)
+        self._timings.update(session)
+        info = GaugeMetricFamily("dicomnode_info", "The node's software version.",
+                                 labels=["version"])
+        info.add_metric([__version__], 1)
+        yield info
+        if self._receiver_up is not None:
+            yield _gauge("dicomnode_receiver_up", "1 while the DICOM receiver is listening.",
+                         int(self._receiver_up))
+        yield _counter("dicomnode_instances_received", "Instances received and stored.",
+                       totals["instances"])
+        yield _gauge("dicomnode_studies", "Studies known to the node.", totals["studies"])
+        yield _gauge("dicomnode_series", "Series known to the node.", totals["series"])
+        yield _by_state("dicomnode_jobs", "Jobs by state.", totals["jobs"])
+        yield _by_state("dicomnode_exports", "Exports (one per result object and destination) "
+                        "by state.", totals["exports"])
+        failed, retried = events[EventKind.EXPORT_FAILED], events[EventKind.EXPORT_RETRY]
+        yield _counter("dicomnode_export_failures",
+                       "Exports that failed for good after their last attempt.", failed)
+        yield _counter("dicomnode_export_attempt_failures",
+                       "Failed export attempts, retried or final.", retried + failed)
+        yield _counter("dicomnode_job_failures", "Jobs that failed for good.",
+                       events[EventKind.JOB_FAILED])
+        yield _counter("dicomnode_job_retries", "Job attempts that failed and were queued again.",
+                       events[EventKind.JOB_RETRY])
+        oldest = count_queries.oldest_queued_job_created_at(session)
+        yield _gauge("dicomnode_oldest_queued_job_age_seconds",
+                     "Age of the oldest queued job (0 when none waits).",
+                     max(0.0, (utcnow() - oldest).total_seconds()) if oldest else 0)
+        last = count_queries.last_instance_received_at(session)
+        if last is not None:
+            yield _gauge("dicomnode_last_instance_received_timestamp_seconds",
+                         "When the newest instance was received (Unix time).", _epoch_s(last))
+        yield _histogram("dicomnode_stage_seconds",
+                         "Duration of each pipeline stage of finished jobs (summary timings_s).",
+                         "stage", sorted(self._timings.stages.items()))
+        yield _histogram("dicomnode_job_seconds",
+                         "Duration of finished jobs, from the start of their last attempt.",
+                         None, [("", self._timings.jobs)])
+        yield from validation_metrics(session)
+
+
+def render(session: Session, timings: JobTimings, receiver_up: bool | None) -> bytes:
+    """The whole exposition for one scrape (text format 0.0.4)."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(NodeCollector(session, timings, receiver_up))
+    return generate_latest(registry)
 
 
 @router.get("/metrics")
 def metrics(request: Request, session: Annotated[Session, Depends(get_session)]) -> Response:
     ctx = get_ctx(request)
     alive = ctx.receiver_alive() if ctx.receiver_alive is not None else None
-    text = render(session, request.app.state.job_timings, alive) + validation_exposition(session)
-    return Response(text, media_type=CONTENT_TYPE)
+    return Response(render(session, request.app.state.job_timings, alive),
+                    media_type=CONTENT_TYPE)

@@ -18,6 +18,7 @@ import numpy as np
 import numpy.typing as npt
 from scipy import ndimage
 
+from pipeline.stages.lung_split import cut_at_column, separate_joined
 from pipeline.types import CTVolume, LungMask, ModelInfo
 
 logger = logging.getLogger(__name__)
@@ -36,8 +37,6 @@ TRACHEA_MAX_OFFSET_MM = 45.0  # distance of the trachea from the lungs' centre c
 TRACHEA_SEARCH_DEPTH_MM = 80.0  # search the trachea this far below the top of the lungs
 AIRWAY_MARGIN_MM = 2.0  # airway wall removed with the lumen
 AIRWAY_NECK_MM = 2.5  # widest contact between airway and lung opened by erosion
-SPLIT_MAX_EROSION_MM = 15.0  # deepest in-plane erosion tried to separate joined lungs
-SPLIT_MIN_FRACTION = 0.25  # both parts must hold this share of the larger one to count
 SINGLE_LUNG_SIDE_FRACTION = 0.9  # an unsplittable region this much on one side is one lung
 
 _SLICE_SQUARE = np.zeros((3, 3, 3), dtype=bool)  # 8-connectivity within each axial slice
@@ -366,7 +365,7 @@ def _split_left_right(
         first, second = np.argsort(sizes)[::-1][:2]
         parts = [labels == first, labels == second]
     else:
-        separated = _separate_joined(lungs, spacing)
+        separated = separate_joined(lungs, spacing)
         parts = separated if separated is not None else _split_at_midline(lungs, body)
     out = np.zeros(lungs.shape, dtype=np.uint8)
     reference = body.copy()
@@ -388,74 +387,6 @@ def _split_left_right(
     return out
 
 
-def _separate_joined(
-    lungs: npt.NDArray[np.bool_], spacing: tuple[float, float, float]
-) -> list[npt.NDArray[np.bool_]] | None:
-    """Split one joined lung region by in-plane erosion and regrowth; None when it fails.
-
-    The smallest erosion depth that leaves two large parts is found by bisection over an
-    in-plane distance map (depth > k equals k erosions with the 2-D cross), so only a few
-    3-D labelings are needed; the eroded shell then goes to the nearest part.
-    """
-    max_depth = max(1, int(round(SPLIT_MAX_EROSION_MM / min(spacing[1], spacing[2]))))
-    box = ndimage.find_objects(lungs.astype(np.uint8))[0]
-    mask = np.pad(lungs[box], 1)
-    depth = ndimage.distance_transform_cdt(mask, metric=_SLICE_CROSS)
-
-    def two_parts(k: int) -> npt.NDArray[np.uint8] | None:
-        labels, count = ndimage.label(depth > k)
-        if count < 2:
-            return None
-        sizes = np.bincount(labels.ravel())
-        sizes[0] = 0
-        first, second = np.argsort(sizes)[::-1][:2]
-        if sizes[second] < SPLIT_MIN_FRACTION * sizes[first]:
-            return None
-        seeds = np.zeros(mask.shape, dtype=np.uint8)
-        seeds[labels == first] = 1
-        seeds[labels == second] = 2
-        return seeds
-
-    best = two_parts(max_depth)
-    if best is None:
-        return None
-    low, high = 0, max_depth  # two_parts(high) succeeded; two_parts(0) is the joined mask
-    while high - low > 1:
-        middle = (low + high) // 2
-        seeds = two_parts(middle)
-        if seeds is None:
-            low = middle
-        else:
-            high, best = middle, seeds
-    grown = _assign_nearest(best, mask, spacing)[1:-1, 1:-1, 1:-1]
-    logger.debug("joined lungs separated at erosion depth %d", high)
-    parts = []
-    for value in (1, 2):
-        part = np.zeros(lungs.shape, dtype=bool)
-        part[box] = grown == value
-        parts.append(part)
-    return parts
-
-
-def _assign_nearest(
-    seeds: npt.NDArray[np.uint8], mask: npt.NDArray[np.bool_], spacing: tuple[float, float, float]
-) -> npt.NDArray[np.uint8]:
-    """Give every voxel of ``mask`` the label of its nearest seed (Euclidean, in mm).
-
-    The nearest-seed map is computed on a grid halved in-plane, which is four times cheaper
-    and moves the boundary between the parts by at most one coarse pixel.
-    """
-    coarse = seeds[:, ::2, ::2]
-    _, nearest = ndimage.distance_transform_edt(
-        coarse == 0, sampling=(spacing[0], 2 * spacing[1], 2 * spacing[2]), return_indices=True
-    )
-    field = coarse[tuple(nearest)]
-    field = np.repeat(np.repeat(field, 2, axis=1), 2, axis=2)[:, : mask.shape[1], : mask.shape[2]]
-    labels = np.where(seeds > 0, seeds, field)
-    labels[~mask] = 0
-    return labels
-
-
 def _split_at_midline(
     lungs: npt.NDArray[np.bool_], body: npt.NDArray[np.bool_]
 ) -> list[npt.NDArray[np.bool_]]:
@@ -465,13 +396,7 @@ def _split_at_midline(
     single lung (the other one absent or collapsed) and stays whole.
     """
     slices = lungs.any(axis=(1, 2))
-    column_weights = body[slices].sum(axis=(0, 1)).astype(np.float64)
-    if column_weights.sum() == 0:
-        column_weights = lungs.sum(axis=(0, 1)).astype(np.float64)
-    midline = int(round(float(np.average(np.arange(lungs.shape[2]), weights=column_weights))))
-    first = lungs.copy()
-    first[:, :, midline:] = False
-    second = lungs & ~first
+    first, second = cut_at_column(lungs, body[slices].sum(axis=(0, 1)).astype(np.float64))
     total = int(lungs.sum())
     if max(int(first.sum()), int(second.sum())) >= SINGLE_LUNG_SIDE_FRACTION * total:
         logger.warning("only one lung found; it is not split")

@@ -35,6 +35,7 @@ from pipeline.preprocessing import (
     sample_axis,
     unet_input,
 )
+from pipeline.stages.lung_split import IN_SLICE_CROSS, cut_at_column, separate_joined
 from pipeline.types import CTVolume, LungMask, ModelInfo
 
 logger = logging.getLogger(__name__)
@@ -47,12 +48,6 @@ LUNG_PROBABILITY_MIN = 0.5
 REFINE_CLOSING_MM = 5.0  # radius of the per-slice closing disk (the papers' disk 10 at ~0.7 mm)
 SECOND_LUNG_MIN_FRACTION = 0.2  # the other lung holds at least this share of the largest
 JOINED_MIN_SIDE_SHARE = 0.25  # a component with this share on each side holds both lungs
-SPLIT_MAX_EROSION_MM = 15.0  # deepest in-plane erosion tried to separate joined lungs
-SPLIT_MIN_FRACTION = 0.25  # both parts of a split must hold this share of the larger one
-SPLIT_SEARCH_STRIDE = 2  # in-plane subsampling of the erosion search
-
-_IN_SLICE_CROSS = np.zeros((3, 3, 3), dtype=bool)  # 4-connectivity within each slice only
-_IN_SLICE_CROSS[1] = ndimage.generate_binary_structure(2, 1)
 
 
 class UNetLungSegmenter:
@@ -203,7 +198,7 @@ def refine_mask(
     padded = np.pad(mask[box], ((0, 0), (ry, ry), (rx, rx)))
     closed = ndimage.binary_closing(padded, structure=footprint)[:, ry:-ry, rx:-rx]
     out = np.zeros(mask.shape, dtype=bool)
-    out[box] = ndimage.binary_fill_holes(closed, structure=_IN_SLICE_CROSS)
+    out[box] = ndimage.binary_fill_holes(closed, structure=IN_SLICE_CROSS)
     return out
 
 
@@ -237,7 +232,7 @@ def refine_and_split(
         separated = separate_joined(largest, spacing_mm)
         if separated is None:
             logger.warning("joined lungs could not be separated; cutting at the midline column")
-            separated = _split_at_midline(largest)
+            separated = cut_at_column(largest, largest.sum(axis=(0, 1)).astype(np.float64))
         parts = separated
     else:
         parts = [largest, empty]
@@ -264,59 +259,6 @@ def _centre_column(shape: tuple[int, int, int]) -> npt.NDArray[np.bool_]:
     column = np.zeros(shape, dtype=bool)
     column[:, :, shape[2] // 2] = True
     return column
-
-
-def separate_joined(
-    mask: npt.NDArray[np.bool_], spacing_mm: tuple[float, float, float]
-) -> list[npt.NDArray[np.bool_]] | None:
-    """Split one joined lung component by in-plane erosion until two large parts appear.
-
-    The search erodes a copy at half in-plane resolution (cheap); every voxel then goes to the
-    part nearest to its half-resolution cell. None when an erosion up to 15 mm never yields two
-    parts of comparable size.
-    """
-    found = ndimage.find_objects(mask.astype(np.uint8))
-    if not found or found[0] is None:
-        return None
-    box = found[0]
-    sub = mask[box][:, ::SPLIT_SEARCH_STRIDE, ::SPLIT_SEARCH_STRIDE]
-    step_mm = SPLIT_SEARCH_STRIDE * min(spacing_mm[1], spacing_mm[2])
-    max_iter = max(1, int(math.ceil(SPLIT_MAX_EROSION_MM / step_mm)))
-    eroded = sub
-    for _ in range(max_iter):
-        eroded = ndimage.binary_erosion(eroded, structure=_IN_SLICE_CROSS)
-        if not eroded.any():
-            return None
-        labels, count = ndimage.label(eroded)
-        if count < 2:
-            continue
-        sizes = np.bincount(labels.ravel())
-        sizes[0] = 0
-        first, second = np.argsort(sizes)[::-1][:2]
-        if sizes[second] < SPLIT_MIN_FRACTION * sizes[first]:
-            continue
-        seeds = np.zeros(sub.shape, dtype=np.uint8)
-        seeds[labels == first] = 1
-        seeds[labels == second] = 2
-        coarse_spacing = (spacing_mm[0], step_mm, step_mm)
-        _, nearest = ndimage.distance_transform_edt(
-            seeds == 0, sampling=coarse_spacing, return_indices=True
-        )
-        owner = seeds[tuple(nearest)]  # nearest part of every coarse voxel
-        s = SPLIT_SEARCH_STRIDE
-        ny, nx = mask[box].shape[1:]
-        grown = np.zeros(mask.shape, dtype=np.uint8)
-        grown[box] = np.repeat(np.repeat(owner, s, axis=1), s, axis=2)[:, :ny, :nx]
-        return [mask & (grown == 1), mask & (grown == 2)]
-    return None
-
-
-def _split_at_midline(mask: npt.NDArray[np.bool_]) -> list[npt.NDArray[np.bool_]]:
-    counts = mask.sum(axis=(0, 1))
-    centre = int(round(float(np.average(np.arange(mask.shape[2]), weights=counts))))
-    first = mask.copy()
-    first[:, :, centre:] = False
-    return [first, mask & ~first]
 
 
 def _centroid_lps_x(

@@ -31,6 +31,7 @@ from PIL import Image, ImageDraw
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, ExplicitVRLittleEndian
 
+from dicomnode.contracts import ResultFile, ResultKind
 from pipeline.types import Lesion, ModelInfo, StudyResult
 from pipeline.writers import render
 from pipeline.writers.seg import (
@@ -47,7 +48,7 @@ from pipeline.writers.uids import derive_uid
 
 logger = logging.getLogger(__name__)
 
-OVERLAY_KIND = "OVERLAY"
+OVERLAY_KIND = ResultKind.OVERLAY
 SECONDARY_CAPTURE_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.7"
 OVERLAY_SERIES_NUMBER = 9003
 NOT_FOR_DIAGNOSTIC_USE = "NOT FOR DIAGNOSTIC USE"
@@ -95,17 +96,6 @@ SUMMARY_TITLE_FONT_PX = 22
 SUMMARY_PAD_PX = 16
 THUMBNAIL_PX = 384
 SUMMARY_MAX_LESION_ROWS = 40
-
-
-@dataclass(frozen=True)
-class OverlayFile:
-    """One written overlay image (the fields of ``dicomnode.jobs.processing.ResultObject``)."""
-
-    path: Path
-    kind: str  # always OVERLAY_KIND
-    sop_class_uid: str
-    sop_instance_uid: str
-    series_instance_uid: str
 
 
 def overlay_series_uid(uid_root: str) -> str:
@@ -595,8 +585,8 @@ def _software_versions(result: StudyResult) -> list[str]:
     return [value[:64] for value in dict.fromkeys(values)]
 
 
-def _written(path: Path, ds: Dataset) -> OverlayFile:
-    return OverlayFile(
+def _written(path: Path, ds: Dataset) -> ResultFile:
+    return ResultFile(
         path=path, kind=OVERLAY_KIND, sop_class_uid=SECONDARY_CAPTURE_IMAGE_STORAGE,
         sop_instance_uid=str(ds.SOPInstanceUID), series_instance_uid=str(ds.SeriesInstanceUID),
     )
@@ -609,7 +599,7 @@ def write_overlay(
     *,
     series_number: int = OVERLAY_SERIES_NUMBER,
     every_nth_slice: int = 1,
-) -> list[OverlayFile]:
+) -> list[ResultFile]:
     """Write the overlay series of ``result`` under ``out_dir/overlay``, return its files.
 
     One image per lung slice (see ``lung_slices``) in slice order, then the summary image
@@ -630,7 +620,7 @@ def write_overlay(
     folder = Path(out_dir) / OVERLAY_SUBDIR
     folder.mkdir(parents=True, exist_ok=True)
     datasets = result.volume.datasets
-    written: list[OverlayFile] = []
+    written: list[ResultFile] = []
     for instance_number, z in enumerate(slices, start=1):
         source = datasets[z]
         ds = _sc_dataset(
@@ -671,7 +661,7 @@ class SecondaryCaptureOverlay:
         self.series_number = series_number
         self.every_nth_slice = every_nth_slice
 
-    def write(self, result: StudyResult, out_dir: Path, uid_root: str) -> list[OverlayFile]:
+    def write(self, result: StudyResult, out_dir: Path, uid_root: str) -> list[ResultFile]:
         return write_overlay(
             result, out_dir, uid_root,
             series_number=self.series_number, every_nth_slice=self.every_nth_slice,

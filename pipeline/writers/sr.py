@@ -23,14 +23,13 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 import highdicom as hd
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes as dicom_codes
 
+from dicomnode.contracts import PriorReport
 from pipeline.types import Classification, Lesion, LungStats, ModelInfo, StudyResult
 from pipeline.writers import codes
 from pipeline.writers.seg import (
@@ -52,32 +51,6 @@ SR_SERIES_DESCRIPTION = "AI chest CT measurement report"
 # The Device Observer UID names this software, the same for every report it writes.
 DEVICE_OBSERVER_UID = derive_uid("urn:chest-ct-dicomnode", "device-observer")
 DEVICE_OBSERVER_NAME = "chest-ct-dicomnode"
-
-
-class PriorReportRef(Protocol):
-    """A report written earlier for the same study (structurally ``dicomnode.PriorReport``)."""
-
-    @property
-    def study_instance_uid(self) -> str: ...
-
-    @property
-    def series_instance_uid(self) -> str: ...
-
-    @property
-    def sop_instance_uid(self) -> str: ...
-
-    @property
-    def sop_class_uid(self) -> str: ...
-
-
-@dataclass(frozen=True)
-class PriorReport:
-    """A plain ``PriorReportRef`` for callers outside the node (tests, the analyze tool)."""
-
-    study_instance_uid: str
-    series_instance_uid: str
-    sop_instance_uid: str
-    sop_class_uid: str
 
 
 def sr_uids(uid_root: str) -> tuple[str, str]:
@@ -264,7 +237,7 @@ def observation_context() -> hd.sr.ObservationContext:
     return hd.sr.ObservationContext(observer_device_context=observer)
 
 
-def predecessor_dataset(prior: PriorReportRef) -> Dataset:
+def predecessor_dataset(prior: PriorReport) -> Dataset:
     ds = Dataset()
     ds.StudyInstanceUID = prior.study_instance_uid
     ds.SeriesInstanceUID = prior.series_instance_uid
@@ -278,7 +251,7 @@ def build_sr(
     seg: hd.seg.Segmentation | None,
     plans: Sequence[SegmentPlan],
     uid_root: str,
-    predecessors: Sequence[PriorReportRef] = (),
+    predecessors: Sequence[PriorReport] = (),
 ) -> hd.sr.Comprehensive3DSR:
     """Build the TID 1500 report; ``seg``/``plans`` come from ``pipeline.writers.seg``.
 
@@ -343,7 +316,7 @@ def comprehensive_3d_sr(
     series_description: str,
     sop_uid: str,
     instance_number: int,
-    predecessors: Sequence[PriorReportRef],
+    predecessors: Sequence[PriorReport],
     uses_private_codes: bool,
 ) -> hd.sr.Comprehensive3DSR:
     """A preliminary, complete Comprehensive 3D SR by this device; earlier reports of the study
@@ -374,7 +347,7 @@ def write_sr(
     plans: Sequence[SegmentPlan],
     out_path: Path,
     uid_root: str,
-    predecessors: Sequence[PriorReportRef] = (),
+    predecessors: Sequence[PriorReport] = (),
 ) -> hd.sr.Comprehensive3DSR:
     """Build the report of ``result`` and write it to ``out_path``."""
     sr = build_sr(result, seg, plans, uid_root, predecessors)

@@ -53,6 +53,7 @@ import numpy as np
 import numpy.typing as npt
 from pydicom.dataset import Dataset
 
+from dicomnode.contracts import PriorReport
 from pipeline.types import Lesion, StudyResult
 from pipeline.writers import codes
 from pipeline.writers.contours import outline
@@ -61,7 +62,6 @@ from pipeline.writers.seg import (
     lesion_model,
 )
 from pipeline.writers.sr import (
-    PriorReportRef,
     algorithm_identification,
     comprehensive_3d_sr,
     observation_context,
@@ -250,7 +250,7 @@ def build_viewer_sr(
     result: StudyResult,
     plans: Sequence[SegmentPlan],
     uid_root: str,
-    predecessors: Sequence[PriorReportRef] = (),
+    predecessors: Sequence[PriorReport] = (),
 ) -> hd.sr.Comprehensive3DSR | None:
     """Build the viewer report; ``plans`` are the SEG's (``pipeline.writers.seg``), whose
     lesion segments give each group its Tracking UID. None when there is no lesion segment."""
@@ -293,7 +293,7 @@ def write_viewer_sr(
     plans: Sequence[SegmentPlan],
     out_path: Path,
     uid_root: str,
-    predecessors: Sequence[PriorReportRef] = (),
+    predecessors: Sequence[PriorReport] = (),
 ) -> hd.sr.Comprehensive3DSR | None:
     """Build the viewer report and write it to ``out_path``; None (nothing written) when
     there is no lesion to outline."""

@@ -9,7 +9,6 @@ that the migrations built once per session.
 
 from __future__ import annotations
 
-import socket
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import replace
@@ -27,18 +26,15 @@ from dicomnode.db.engine import open_database
 from dicomnode.db.records import InstanceRecorder
 from dicomnode.receiving.scp import start_receiver
 from dicomnode.receiving.storage import Storage
+from tests.peers.ports import free_port
 from tests.peers.postgres import PostgresServer
+
+__all__ = ["free_port"]  # imported from here by the node's tests
 
 BACKENDS = ("sqlite", "postgresql")
 PG_TEMPLATE = "node_template"
 # Every test of a module marked with this runs once per database engine.
 both_backends = pytest.mark.parametrize("db_backend", BACKENDS, indirect=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def det_uid(*parts: str) -> str:

@@ -4,12 +4,24 @@ from __future__ import annotations
 
 from dataclasses import replace
 from datetime import timedelta
+from pathlib import Path
 
 from pydicom.uid import generate_uid
 from sqlalchemy import func, select
 
-from dicomnode.db.models import Event, Export, Job, JobState, Series, SeriesState, utcnow
-from dicomnode.db.queue import JobQueue, NewResult
+from dicomnode.contracts import ResultFile, ResultKind
+from dicomnode.db.models import (
+    Event,
+    Export,
+    ExportState,
+    Job,
+    JobState,
+    ResultObject,
+    Series,
+    SeriesState,
+    utcnow,
+)
+from dicomnode.db.queue import JobQueue
 from dicomnode.db.records import InstanceRecord, InstanceRecorder
 from dicomnode.jobs.assembler import Assembler
 
@@ -130,23 +142,41 @@ def test_failure_is_retried_then_final(settings, sessions) -> None:
     assert q.fail(job_id, "w:1", "boom", retry=True) == JobState.FAILED
 
 
+def _routes(sessions) -> list[tuple[str, str]]:
+    """(result kind, destination) of every export row."""
+    with sessions() as s:
+        return sorted(s.execute(
+            select(ResultObject.kind, Export.destination)
+            .join(ResultObject, Export.result_object_id == ResultObject.id)
+        ).tuples())
+
+
 def test_complete_records_results_and_exports_per_destination(settings, sessions) -> None:
     job_id = _queued_job(settings, sessions)
     q = JobQueue(sessions, max_attempts=2)
     ticket = q.claim("w:1", 30)
     assert ticket is not None
     results = [
-        NewResult("SEG", "1.2.840.10008.5.1.4.1.1.66.4", "1.2.3.1", "1.2.3", "outbox/seg.dcm"),
-        NewResult("SR", "1.2.840.10008.5.1.4.1.1.88.34", "1.2.4.1", "1.2.4", "outbox/sr.dcm"),
+        ResultFile(Path("outbox/seg.dcm"), ResultKind.SEG, "1.2.840.10008.5.1.4.1.1.66.4",
+                   "1.2.3.1", "1.2.3"),
+        ResultFile(Path("outbox/sr.dcm"), ResultKind.SR, "1.2.840.10008.5.1.4.1.1.88.34",
+                   "1.2.4.1", "1.2.4"),
     ]
-    dests = [("pacs", ("SEG", "SR", "OVERLAY")), ("reporting", ("SR",))]
+    dests = [("pacs", ("SEG", "SR", "OVERLAY")), ("reporting", ("SR",)), ("viewer", ("OVERLAY",))]
     assert q.complete(job_id, "w:1", results, {"ok": True}, dests)
-    with sessions() as s:
-        assert s.scalar(select(func.count()).select_from(Export)) == 3
+    routed = {("SEG", "pacs"), ("SR", "pacs"), ("SR", "reporting")}  # none to "viewer"
+    assert _routes(sessions) == sorted(routed)
+    with sessions() as s:  # one sent, one failed: a re-run must start both over
+        for export, state in zip(s.scalars(select(Export).order_by(Export.id)),
+                                 (ExportState.SENT, ExportState.FAILED), strict=False):
+            export.state, export.attempts = state, 3
+        s.commit()
     # an operator re-run reuses the same rows and re-queues their exports
-    q.requeue(job_id)
+    assert q.requeue(job_id)
     q.claim("w:2", 30)
     assert q.complete(job_id, "w:2", results, {"ok": True}, dests)
+    assert _routes(sessions) == sorted(routed)
     with sessions() as s:
-        assert s.scalar(select(func.count()).select_from(Export)) == 3
+        exports = s.scalars(select(Export)).all()
+        assert {(e.state, e.attempts) for e in exports} == {(ExportState.PENDING, 0)}
     assert [p.sop_instance_uid for p in q.prior_reports(ticket.study_id, job_id + 1)] == ["1.2.4.1"]

@@ -52,7 +52,7 @@ def test_every_kind_of_unusable_series_is_named() -> None:
         cand("2.3", geometry(5)),
         cand("2.4", geometry(60, normal_z=False)),
         cand("2.5", geometry(60, gaps={30: 6.0})),
-        cand("2.6", geometry(60, gaps={30: 0.0})),
+        cand("2.6", geometry(60) + geometry(60, start=61)),  # two phases in one series
         cand("2.7", geometry(60), modality="SR"),
         cand("2.8", geometry(60, 8.0)),
         cand("2.9", geometry(60), description="Dose Report"),
@@ -64,7 +64,7 @@ def test_every_kind_of_unusable_series_is_named() -> None:
     assert "localizer" in reasons["2.2"].lower()
     assert "too few slices" in reasons["2.3"]
     assert "not axial" in reasons["2.4"]
-    assert "inconsistent slice spacing" in reasons["2.5"]
+    assert "2 slice(s) missing" in reasons["2.5"]
     assert "duplicate slice positions" in reasons["2.6"]
     assert "not a CT series" in reasons["2.7"]
     assert "too thick" in reasons["2.8"]
@@ -85,3 +85,8 @@ def test_missing_instance_numbers_are_reported() -> None:
     sel = choose_series([cand("3.1", renumbered)], RULES)
     assert sel.chosen is not None
     assert sel.chosen.missing_instance_numbers == (10, 11)
+
+
+def test_one_repeated_position_is_dropped_not_refused() -> None:
+    sel = choose_series([cand("4.1", geometry(60, gaps={30: 0.0}))], RULES)
+    assert sel.chosen is not None and sel.chosen.reason.startswith("59 axial slices")

@@ -3,38 +3,29 @@
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, replace
-from pathlib import Path
+from dataclasses import replace
 
 from pydicom import Dataset, dcmread
 from pynetdicom import AE, AllStoragePresentationContexts, evt
 from sqlalchemy import select
 
 from dicomnode.config import Destination
+from dicomnode.contracts import (
+    AnalysisError,
+    ProcessOutcome,
+    ProcessRequest,
+    ResultFile,
+    ResultKind,
+)
 from dicomnode.db.exports import ExportLog
 from dicomnode.db.models import Export, ExportState, Job, JobState, ResultObject
 from dicomnode.delivering.exporter import Exporter
-from dicomnode.jobs.processing import ProcessRequest
 from dicomnode.jobs.worker import Worker
+from pipeline.errors import ModelError, SeriesError
 
 from .conftest import both_backends, ct_series, free_port
 
 pytestmark = both_backends
-
-
-@dataclass(frozen=True)
-class Written:
-    path: Path
-    kind: str
-    sop_class_uid: str
-    sop_instance_uid: str
-    series_instance_uid: str
-
-
-@dataclass(frozen=True)
-class Outcome:
-    objects: tuple[Written, ...]
-    summary: dict
 
 
 class CopyProcessor:
@@ -44,7 +35,7 @@ class CopyProcessor:
         self.fail_with = fail_with
         self.requests: list[ProcessRequest] = []
 
-    def process(self, request: ProcessRequest) -> Outcome:
+    def process(self, request: ProcessRequest) -> ProcessOutcome:
         self.requests.append(request)
         if self.fail_with is not None:
             raise self.fail_with
@@ -53,8 +44,9 @@ class CopyProcessor:
         ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
         path = request.out_dir / "result.dcm"
         ds.save_as(path, enforce_file_format=True)
-        return Outcome(
-            (Written(path, "SEG", str(ds.SOPClassUID), ds.SOPInstanceUID, ds.SeriesInstanceUID),),
+        return ProcessOutcome(
+            (ResultFile(path, ResultKind.SEG, str(ds.SOPClassUID), ds.SOPInstanceUID,
+                        ds.SeriesInstanceUID),),
             {"files": len(request.files)},
         )
 
@@ -101,21 +93,33 @@ def test_worker_runs_job_and_queues_exports(settings, sessions, storage, queued_
         assert session.scalars(select(Export)).one().destination == "pacs"
 
 
+def _state_after_failure(settings, sessions, storage, job_id: int, error: Exception) -> JobState:
+    with sessions() as session:
+        job = session.get_one(Job, job_id)
+        job.state, job.attempts, job.error, job.next_attempt_at = JobState.QUEUED, 0, "", None
+        session.commit()
+    Worker(settings, sessions, storage, CopyProcessor(error), "t:1").run_once()
+    with sessions() as session:
+        job = session.get_one(Job, job_id)
+        assert str(error) in job.error
+        return job.state
+
+
 def test_input_errors_are_not_retried_but_crashes_are(settings, sessions, storage,
                                                       queued_job) -> None:
-    class BadSeriesError(Exception):
-        retryable = False
+    """The pipeline's own errors (the real classes) fail the job for good; anything else, and
+    an analysis error that says it may pass, is queued again."""
 
-    Worker(settings, sessions, storage, CopyProcessor(BadSeriesError("no lungs")), "t:1").run_once()
-    with sessions() as session:
-        job = session.get_one(Job, queued_job)
-        assert job.state == JobState.FAILED and "no lungs" in job.error
-        job.state = JobState.QUEUED
-        job.attempts = 0
-        session.commit()
-    Worker(settings, sessions, storage, CopyProcessor(RuntimeError("oom")), "t:1").run_once()
-    with sessions() as session:
-        assert session.get_one(Job, queued_job).state == JobState.QUEUED
+    class TransientError(AnalysisError):
+        pass
+
+    for error, state in (
+        (SeriesError("no lungs"), JobState.FAILED),
+        (ModelError("weights checksum mismatch"), JobState.FAILED),
+        (RuntimeError("oom"), JobState.QUEUED),
+        (TransientError("scratch disk full"), JobState.QUEUED),
+    ):
+        assert _state_after_failure(settings, sessions, storage, queued_job, error) == state, error
 
 
 def _exporter(settings, sessions, storage, destinations) -> Exporter:

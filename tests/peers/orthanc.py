@@ -23,6 +23,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
+from tests.peers.multipart import payloads
 from tests.peers.ports import LOOPBACK_HOST, free_ports
 from tests.peers.processes import find_tool, log_tail, peer_env, stop_process
 
@@ -456,7 +457,7 @@ class OrthancPeer:
             headers={"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'},
         )
         content_type = next((v for k, v in headers.items() if k.lower() == "content-type"), "")
-        parts = multipart_parts(body, content_type)
+        parts = payloads(body, content_type)
         if len(parts) != 1:
             raise OrthancError(f"WADO-RS returned {len(parts)} parts, expected 1")
         return parts[0]
@@ -466,26 +467,3 @@ def dicom_json_value(item: Mapping[str, Any], tag: str) -> Any:
     """First value of ``tag`` (``"0020000D"``) in a DICOM JSON object, or None."""
     values = item.get(tag, {}).get("Value")
     return values[0] if values else None
-
-
-def multipart_parts(body: bytes, content_type: str) -> list[bytes]:
-    """Split a ``multipart/related`` body into its parts' payloads (RFC 2046)."""
-    boundary = ""
-    for param in content_type.split(";")[1:]:
-        key, _, value = param.strip().partition("=")
-        if key.lower() == "boundary":
-            boundary = value.strip('"')
-    if not boundary:
-        raise OrthancError(f"no multipart boundary in Content-Type {content_type!r}")
-    delimiter = b"--" + boundary.encode("ascii")
-    parts = []
-    for chunk in body.split(delimiter)[1:]:
-        if chunk.startswith(b"--"):
-            break
-        head, sep, payload = chunk.partition(b"\r\n\r\n")
-        if not sep:
-            raise OrthancError("malformed multipart part without header block")
-        if payload.endswith(b"\r\n"):
-            payload = payload[:-2]
-        parts.append(payload)
-    return parts

@@ -25,7 +25,8 @@ from pydicom.uid import (
 
 from tests.peers.dcmtk import StorescpPeer, echoscu, storescu, transcode
 from tests.peers.dicom3tools import dcentvfy_errors, dciodvfy_errors
-from tests.peers.orthanc import OrthancError, OrthancPeer, dicom_json_value, multipart_parts
+from tests.peers.multipart import payloads
+from tests.peers.orthanc import OrthancError, OrthancPeer, dicom_json_value
 from tests.peers.ports import free_port, free_ports, port_accepts
 from tests.peers.postgres import PostgresServer
 from tests.peers.processes import MissingPeerError, find_tool
@@ -71,12 +72,12 @@ def test_missing_tool_fails_with_install_hint() -> None:
         find_tool("no-such-dicom-tool-for-the-harness")
 
 
-def test_multipart_parts_splits_related_body() -> None:
+def test_payloads_splits_a_related_body() -> None:
     body = (
         b"--XyZ\r\nContent-Type: application/dicom\r\n\r\nfirst\r\n"
         b"--XyZ\r\nContent-Type: application/dicom\r\n\r\nsecond\r\n--XyZ--\r\n"
     )
-    parts = multipart_parts(body, 'multipart/related; type="application/dicom"; boundary=XyZ')
+    parts = payloads(body, 'multipart/related; type="application/dicom"; boundary=XyZ')
     assert parts == [b"first", b"second"]
 
 

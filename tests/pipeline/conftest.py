@@ -39,22 +39,6 @@ TRACHEA_Y_MM = -15.0  # anterior of the lungs' centre
 VESSEL_RADIUS_MM = 3.0
 
 
-def dciodvfy_errors(path: Path) -> list[str]:
-    """Lines of dciodvfy's report on ``path`` that start with "Error"; fails without dciodvfy."""
-    exe = shutil.which("dciodvfy")
-    if exe is None:
-        pytest.fail(
-            "dciodvfy not found: install the Debian package dicom3tools (apt-get install "
-            "dicom3tools); conformance tests are never skipped",
-            pytrace=False,
-        )
-    proc = subprocess.run(
-        [exe, str(path)], capture_output=True, text=True, timeout=120, check=False
-    )
-    lines = (proc.stdout + proc.stderr).splitlines()
-    return [line for line in lines if line.startswith("Error")]
-
-
 def dsrdump_text(path: Path) -> str:
     """dcmtk's rendering of an SR; fails when dsrdump is missing or refuses the document."""
     exe = shutil.which("dsrdump")

@@ -17,6 +17,7 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset
 
+from dicomnode.contracts import ResultFile
 from pipeline.series import volume_from_array
 from pipeline.stats import lung_stats
 from pipeline.types import Classification, Lesion, LungMask, ModelInfo, StudyResult
@@ -32,13 +33,12 @@ from pipeline.writers.overlay import (
     RIGHT_LUNG_RGB,
     SECONDARY_CAPTURE_IMAGE_STORAGE,
     WARNING_RGB,
-    OverlayFile,
     OverlayRenderer,
     SecondaryCaptureOverlay,
     lung_slices,
     write_overlay,
 )
-from tests.pipeline.conftest import dciodvfy_errors
+from tests.peers.dicom3tools import dciodvfy_errors
 
 UID_ROOT = "2.25.314159265358979"
 SHAPE = (12, 128, 128)
@@ -105,7 +105,7 @@ def make_result(direction: npt.NDArray[np.float64] | None = None) -> StudyResult
 @dataclass(frozen=True)
 class Written:
     result: StudyResult
-    files: list[OverlayFile]
+    files: list[ResultFile]
     headers: Sequence[Dataset]
     renderer: OverlayRenderer
 

@@ -9,19 +9,14 @@ import numpy as np
 import pydicom
 import pytest
 
-from dicomnode.jobs.processing import (
-    PriorReport,
-    Processor,
-    ProcessOutcome,
-    ProcessRequest,
-    ResultObject,
-    load_processor,
-)
+from dicomnode.contracts import PriorReport, ProcessOutcome, ProcessRequest, ResultFile
+from dicomnode.jobs.processing import Processor, load_processor
 from pipeline import processor as processor_module
 from pipeline.errors import ModelError, SeriesError
 from pipeline.processor import SUMMARY_FILE_NAME, ChestCTProcessor, analyze_files
+from tests.peers.dicom3tools import dciodvfy_errors
 from tests.peers.studies import PreparedSeries
-from tests.pipeline.conftest import Phantom, dciodvfy_errors, slice_datasets, write_datasets
+from tests.pipeline.conftest import Phantom, slice_datasets, write_datasets
 
 MORPHOLOGY_ONLY = {
     "lung_segmentation": "morphological", "classifier": "none", "localize_lesions": False,
@@ -66,7 +61,7 @@ def test_process_writes_seg_and_sr_and_a_json_summary(
     assert isinstance(outcome, ProcessOutcome)
     assert [obj.kind for obj in outcome.objects] == ["SEG", "SR"]
     for obj in outcome.objects:
-        assert isinstance(obj, ResultObject)
+        assert isinstance(obj, ResultFile)
         assert obj.path.parent == tmp_path and dciodvfy_errors(obj.path) == []
     sr = pydicom.dcmread(outcome.objects[1].path)
     assert sr.PredecessorDocumentsSequence[0].ReferencedSeriesSequence[0].SeriesInstanceUID == (

@@ -31,7 +31,7 @@ from pydicom.uid import Comprehensive3DSRStorage, SegmentationStorage
 from scipy import ndimage
 from skimage.measure import points_in_poly
 
-from dicomnode.jobs.processing import ProcessRequest
+from dicomnode.contracts import ProcessRequest
 from pipeline.processor import ChestCTProcessor, ProcessorConfig, build_runner
 from pipeline.runner import PipelineRunner
 from pipeline.series import read_series

@@ -8,10 +8,12 @@ from pathlib import Path
 import numpy as np
 import pydicom
 
-from pipeline.runner import PipelineRunner, WrittenObject, write_results
+from dicomnode.contracts import ResultFile
+from pipeline.runner import PipelineRunner, write_results
 from pipeline.stages.lung_morphology import MorphologicalLungSegmenter
 from pipeline.types import Classification, CTVolume, Lesion, LungMask, ModelInfo, StudyResult
-from tests.pipeline.conftest import Phantom, dciodvfy_errors, make_result, sphere_lesion
+from tests.peers.dicom3tools import dciodvfy_errors
+from tests.pipeline.conftest import Phantom, make_result, sphere_lesion
 
 
 class RecordingLungs:
@@ -70,7 +72,7 @@ class RecordingOverlay:
     def __init__(self) -> None:
         self.calls: list[tuple[Path, str]] = []
 
-    def write(self, result: StudyResult, out_dir: Path, uid_root: str) -> Sequence[WrittenObject]:
+    def write(self, result: StudyResult, out_dir: Path, uid_root: str) -> Sequence[ResultFile]:
         self.calls.append((out_dir, uid_root))
         return []
 

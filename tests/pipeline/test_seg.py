@@ -21,7 +21,8 @@ from pipeline.writers.seg import (
     write_seg,
 )
 from pipeline.writers.uids import is_valid_uid
-from tests.pipeline.conftest import dciodvfy_errors, make_result
+from tests.peers.dicom3tools import dciodvfy_errors
+from tests.pipeline.conftest import make_result
 
 UID_ROOT = "2.25.1111"
 

@@ -19,8 +19,9 @@ from pydicom.uid import (
 )
 
 from pipeline.errors import SeriesError
-from pipeline.series import read_series, repair_uids, volume_from_array, volume_from_datasets
+from pipeline.series import read_series, volume_from_array, volume_from_datasets
 from pipeline.types import CTVolume
+from pipeline.uid_repair import repair_uids
 from pipeline.writers.uids import is_valid_uid
 from tests.pipeline.conftest import read_header, slice_datasets, write_datasets
 
@@ -160,7 +161,7 @@ def test_rescale_slope_and_intercept_apply_per_slice() -> None:
     np.testing.assert_array_equal(volume.hu[4], hu[4])
 
 
-def test_duplicate_positions_are_dropped() -> None:
+def test_a_repeated_position_is_dropped() -> None:
     hu = _ramp_hu()
     datasets = slice_datasets(hu)
     duplicate = slice_datasets(hu, uid_root="series-test")[5]
@@ -169,6 +170,16 @@ def test_duplicate_positions_are_dropped() -> None:
     volume = volume_from_datasets([*datasets, duplicate])
     assert volume.shape[0] == SLICES
     assert "1.2.3.4.5" not in {str(ds.SOPInstanceUID) for ds in volume.datasets}
+
+
+def test_a_second_phase_in_the_series_is_refused() -> None:
+    datasets = slice_datasets(_ramp_hu())
+    phase = slice_datasets(_ramp_hu(), uid_root="series-test")
+    for index, ds in enumerate(phase):
+        ds.SOPInstanceUID = f"1.2.3.4.{index + 1}"
+        ds.InstanceNumber = 100 + index
+    with pytest.raises(SeriesError, match="duplicate slice positions"):
+        volume_from_datasets([*datasets, *phase])
 
 
 def test_non_dicom_files_and_non_ct_objects_are_skipped(tmp_path: Path) -> None:

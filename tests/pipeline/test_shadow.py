@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dicomnode.jobs.processing import ProcessRequest
+from dicomnode.contracts import ProcessRequest
 from pipeline.errors import ModelError
 from pipeline.models.registry import get_spec
 from pipeline.processor import ChestCTProcessor

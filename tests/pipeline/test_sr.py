@@ -12,17 +12,18 @@ import pytest
 from pydicom.sr.codedict import codes as dicom_codes
 from pydicom.uid import Comprehensive3DSRStorage, SegmentationStorage
 
+from dicomnode.contracts import PriorReport
 from pipeline.types import CTVolume, LungMask, StudyResult
 from pipeline.writers import codes
 from pipeline.writers.seg import write_seg
 from pipeline.writers.sr import (
     SR_SERIES_NUMBER,
-    PriorReport,
     build_sr,
     sr_uids,
     write_sr,
 )
-from tests.pipeline.conftest import dciodvfy_errors, dsrdump_text, make_result
+from tests.peers.dicom3tools import dciodvfy_errors
+from tests.pipeline.conftest import dsrdump_text, make_result
 
 UID_ROOT = "2.25.3333"
 

@@ -19,12 +19,12 @@ from pydicom.sr.codedict import codes as dicom_codes
 from pydicom.uid import Comprehensive3DSRStorage
 from skimage.measure import points_in_poly
 
+from dicomnode.contracts import PriorReport
 from pipeline.runner import VIEWER_SR_FILE_NAME, write_results
 from pipeline.types import StudyResult
 from pipeline.writers import codes
 from pipeline.writers.contours import OUTLINE_MAX_POINTS, outline, polygon_area_px
 from pipeline.writers.seg import SegmentPlan, write_seg
-from pipeline.writers.sr import PriorReport
 from pipeline.writers.viewer_sr import (
     CORNERSTONE_FREEHAND_TRACKING_ID,
     VIEWER_SR_SERIES_DESCRIPTION,
@@ -35,7 +35,8 @@ from pipeline.writers.viewer_sr import (
     viewer_sr_uids,
     write_viewer_sr,
 )
-from tests.pipeline.conftest import dciodvfy_errors, dsrdump_text, make_result
+from tests.peers.dicom3tools import dciodvfy_errors
+from tests.pipeline.conftest import dsrdump_text, make_result
 
 UID_ROOT = "2.25.4444"
 POLYGON_AREA_TOLERANCE = 0.10  # outline area vs voxel-count area of a ~12 mm lesion slice

@@ -212,3 +212,34 @@ def test_export_writes_checksummed_weights_and_an_honest_card(
     tuned = torch.load(ckpts / "tuned.pt", weights_only=False)["model"]
     for key, value in model.state_dict().items():
         assert torch.equal(value, tuned[key]), key
+
+
+@pytest.mark.slow
+def test_cnn_bert_steps_change_every_layer_and_lower_the_loss(tmp_path: Path) -> None:
+    """The CNN-BERT backbone trains through the shared loop: on one tiny fixed batch every
+    trainable tensor moves and the loss falls (a loop that never steps the optimiser, or a
+    model whose gradients stop somewhere, fails here)."""
+    import torch.nn.functional as F
+
+    from pipeline.models.cnn_bert import CnnBert
+    from training.loop import LoopConfig, run_training
+
+    torch.manual_seed(3)
+    model = CnnBert(depth=10, base_width=8)
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    x = torch.randn(2, 3, model.frames, 32, 32)
+    target = torch.tensor([0, 1])
+    losses: list[float] = []
+
+    def step(m: torch.nn.Module, rng: np.random.Generator) -> torch.Tensor:
+        loss = F.cross_entropy(m(x)[0], target)
+        losses.append(float(loss.detach()))
+        return loss
+
+    state = run_training(model, step, LoopConfig(max_steps=6, max_minutes=2, lr=1e-3),
+                         tmp_path / "cnn_bert.pt", False, {}, "test-cnn-bert")
+    assert state.step == 6 and len(losses) == 6
+    unchanged = [name for name, p in model.named_parameters()
+                 if p.requires_grad and torch.equal(p.detach(), before[name])]
+    assert unchanged == []
+    assert np.mean(losses[-2:]) < 0.6 * np.mean(losses[:2]), losses

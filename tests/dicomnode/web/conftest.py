@@ -31,12 +31,12 @@ from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicomnode.config import Destination, Settings, WebSettings, load_settings
+from dicomnode.contracts import ProcessOutcome, ProcessRequest, ResultFile, ResultKind
 from dicomnode.db.engine import open_database
 from dicomnode.db.exports import ExportLog
 from dicomnode.db.models import Export, ResultObject, utcnow
 from dicomnode.db.records import InstanceRecorder
 from dicomnode.jobs.assembler import Assembler
-from dicomnode.jobs.processing import ProcessRequest
 from dicomnode.jobs.worker import Worker
 from dicomnode.receiving.headers import instance_record
 from dicomnode.receiving.storage import Storage
@@ -47,21 +47,6 @@ TOKEN = "test-token-0123456789abcdef"
 COMPREHENSIVE_SR = "1.2.840.10008.5.1.4.1.1.88.33"
 STAGE_TIMINGS_S = {"read": 0.4, "lungs": 1.5, "classify": 0.25, "write": 0.1}
 HIDDEN_NAME = "Test^Synthetic"  # PatientName of the fixture files: never in the JSON API
-
-
-@dataclass(frozen=True)
-class Written:
-    path: Path
-    kind: str
-    sop_class_uid: str
-    sop_instance_uid: str
-    series_instance_uid: str
-
-
-@dataclass(frozen=True)
-class Outcome:
-    objects: tuple[Written, ...]
-    summary: dict[str, Any]
 
 
 def _sr(source: Dataset, uid_root: str) -> Dataset:
@@ -105,7 +90,7 @@ class SegAndSrProcessor:
     """Reads the job's files and writes a BINARY SEG (highdicom) and an SR, as the pipeline's
     processor does, with timings in the summary."""
 
-    def process(self, request: ProcessRequest) -> Outcome:
+    def process(self, request: ProcessRequest) -> ProcessOutcome:
         sources = sorted((dcmread(p) for p in request.files), key=lambda d: int(d.InstanceNumber))
         mask = np.zeros((len(sources), int(sources[0].Rows), int(sources[0].Columns)), bool)
         mask[:, 4:12, 3:9] = True
@@ -137,11 +122,12 @@ class SegAndSrProcessor:
         sr = _sr(sources[0], request.uid_root)
         sr_path = request.out_dir / "sr.dcm"
         sr.save_as(sr_path, enforce_file_format=True)
-        return Outcome(
+        return ProcessOutcome(
             (
-                Written(seg_path, "SEG", str(seg.SOPClassUID), seg.SOPInstanceUID,
-                        seg.SeriesInstanceUID),
-                Written(sr_path, "SR", COMPREHENSIVE_SR, sr.SOPInstanceUID, sr.SeriesInstanceUID),
+                ResultFile(seg_path, ResultKind.SEG, str(seg.SOPClassUID), seg.SOPInstanceUID,
+                           seg.SeriesInstanceUID),
+                ResultFile(sr_path, ResultKind.SR, COMPREHENSIVE_SR, sr.SOPInstanceUID,
+                           sr.SeriesInstanceUID),
             ),
             {"classification": {"label": "covid", "p_covid": 0.91}, "lesions": [],
              "total_lung_volume_ml": 4321.0, "timings_s": dict(STAGE_TIMINGS_S)},

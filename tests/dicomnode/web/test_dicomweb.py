@@ -12,8 +12,8 @@ from pydicom import dcmread
 from pydicom.encaps import generate_frames
 from pydicom.uid import ExplicitVRLittleEndian, RLELossless
 
-from dicomnode.web.multipart import boundary_of, split_multipart
 from tests.dicomnode.conftest import both_backends
+from tests.peers.multipart import parse_multipart
 
 from .conftest import NodeState
 
@@ -34,7 +34,8 @@ def first(item: dict[str, Any], tag: str) -> Any:
 
 def parts(response: Any) -> list[tuple[dict[str, str], bytes]]:
     assert response.headers["content-type"].startswith("multipart/related")
-    return split_multipart(response.content, boundary_of(response.headers["content-type"]))
+    # read with the standard library's parser, not the node's own
+    return parse_multipart(response.content, response.headers["content-type"])
 
 
 # --- QIDO-RS --------------------------------------------------------------------------------

@@ -36,7 +36,7 @@ def dicom_json(value: object) -> httpx.Response:
     return respond(200, json.dumps(value).encode(), "application/dicom+json")
 
 
-class FakePacs:
+class FakeUpstream:
     """An upstream DICOMweb server that records what it was asked."""
 
     def __init__(self) -> None:
@@ -68,7 +68,7 @@ class FakePacs:
         return respond(404, b"no such thing", "text/plain")
 
 
-def proxy_client(state: NodeState, pacs: FakePacs | None, *, fail: bool = False) -> TestClient:
+def proxy_client(state: NodeState, pacs: FakeUpstream | None, *, fail: bool = False) -> TestClient:
     web = replace(state.settings.web, dicomweb="proxy", pacs_dicomweb_url=UPSTREAM)
     settings = replace(state.settings, web=web)
 
@@ -81,7 +81,7 @@ def proxy_client(state: NodeState, pacs: FakePacs | None, *, fail: bool = False)
 
 
 def test_query_string_and_accept_pass_through_credentials_do_not(node_state: NodeState) -> None:
-    pacs = FakePacs()
+    pacs = FakeUpstream()
     client = proxy_client(node_state, pacs)
     response = client.get(
         f"/dicom-web/studies?PatientName=*smith*&includefield=00081030,00080060&limit=5"
@@ -98,7 +98,7 @@ def test_query_string_and_accept_pass_through_credentials_do_not(node_state: Nod
 
 
 def test_bulk_data_uris_point_back_at_the_configured_root(node_state: NodeState) -> None:
-    client = proxy_client(node_state, FakePacs())
+    client = proxy_client(node_state, FakeUpstream())
     [item] = client.get("/dicom-web/studies/1.2/series/1.3/metadata").json()
     assert item["7FE00010"]["BulkDataURI"] == \
         "http://127.0.0.1:8080/dicom-web/studies/1.2/series/1.3/instances/1.2.3.4/bulk/7FE00010"
@@ -108,7 +108,7 @@ def test_bulk_data_uris_point_back_at_the_configured_root(node_state: NodeState)
 
 
 def test_binary_responses_stream_unchanged(node_state: NodeState) -> None:
-    pacs = FakePacs()
+    pacs = FakeUpstream()
     client = proxy_client(node_state, pacs)
     accept = "multipart/related; type=application/octet-stream; transfer-syntax=*"
     response = client.get("/dicom-web/studies/1.2/series/1.3/instances/1.4/frames/1",
@@ -122,7 +122,7 @@ def test_binary_responses_stream_unchanged(node_state: NodeState) -> None:
 
 
 def test_post_body_is_forwarded(node_state: NodeState) -> None:
-    pacs = FakePacs()
+    pacs = FakeUpstream()
     client = proxy_client(node_state, pacs)
     response = client.post("/dicom-web/studies", content=b"x" * 1000,
                            headers={"Content-Type": "multipart/related; type=application/dicom"})
@@ -138,7 +138,7 @@ def test_unreachable_pacs_is_a_bad_gateway(node_state: NodeState) -> None:
 
 
 def test_proxy_still_needs_our_login(node_state: NodeState) -> None:
-    pacs = FakePacs()
+    pacs = FakeUpstream()
     anonymous = TestClient(proxy_client(node_state, pacs).app)
     assert anonymous.get("/dicom-web/studies").status_code == 401
     assert pacs.requests == []

@@ -7,7 +7,7 @@ from dataclasses import replace
 import pytest
 
 from dicomnode.web.app import create_app
-from dicomnode.web.multipart import boundary_of, split_multipart
+from tests.peers.multipart import parse_multipart
 from tests.peers.orthanc import DICOMWEB_ROOT, OrthancPeer
 
 from .conftest import NodeState, make_client
@@ -38,6 +38,5 @@ def test_viewer_requests_reach_orthanc_through_the_node(
                               "transfer-syntax=*"},
         )
         assert frames.status_code == 200
-        [(_, payload)] = split_multipart(frames.content,
-                                         boundary_of(frames.headers["content-type"]))
+        [(_, payload)] = parse_multipart(frames.content, frames.headers["content-type"])
         assert payload == node_state.native_pixels[ds.SOPInstanceUID]

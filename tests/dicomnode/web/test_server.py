@@ -9,9 +9,9 @@ import httpx
 import pytest
 
 from dicomnode.errors import ConfigError
-from dicomnode.web.multipart import boundary_of, split_multipart
 from dicomnode.web.server import start_web_server
 from tests.dicomnode.conftest import free_port
+from tests.peers.multipart import parse_multipart
 
 from .conftest import TOKEN, NodeState
 
@@ -30,7 +30,7 @@ def test_serves_over_http_and_stops(node_state: NodeState) -> None:
             f"{node_state.chest_series}",
             headers={**auth, "Accept": "multipart/related; type=application/dicom"},
         )
-        payloads = split_multipart(series.content, boundary_of(series.headers["content-type"]))
+        payloads = parse_multipart(series.content, series.headers["content-type"])
         assert [p for _, p in payloads] == [
             node_state.path_of(ds.SOPInstanceUID).read_bytes() for ds in node_state.chest
         ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from prometheus_client.parser import text_string_to_metric_families
 from pydicom import dcmread
 from sqlalchemy import select
 
@@ -140,10 +141,16 @@ def test_validation_gauges_on_metrics(fresh_state: NodeState) -> None:
         ("covid19", "disagree", None, {}, 0, datetime(2026, 12, 2)),
     ])
     text = logged_in(users_app(fresh_state), "otto").get("/metrics").text
-    labels = 'role="primary",model="decovnet@1"'
-    assert f"dicomnode_validation_verdicts{{{labels}}} 2.0" in text
-    assert f"dicomnode_validation_ppv{{{labels}}} 0.5" in text
-    assert f"dicomnode_validation_accepted_lesion_share{{{labels}}} 0.5" in text
-    assert f"dicomnode_validation_missed_findings{{{labels}}} 1.0" in text
-    assert f"dicomnode_validation_sensitivity{{{labels}}} 1.0" in text  # 1 TP, 0 FN
-    assert f"dicomnode_validation_specificity{{{labels}}} 0.0" in text  # 0 TN, 1 FP
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+
+    def gauge(name: str) -> float:
+        (value,) = [s.value for s in families[name].samples
+                    if s.labels == {"role": "primary", "model": "decovnet@1"}]
+        return float(value)
+
+    assert gauge("dicomnode_validation_verdicts") == 2
+    assert gauge("dicomnode_validation_ppv") == 0.5
+    assert gauge("dicomnode_validation_accepted_lesion_share") == 0.5
+    assert gauge("dicomnode_validation_missed_findings") == 1
+    assert gauge("dicomnode_validation_sensitivity") == 1.0  # 1 TP, 0 FN
+    assert gauge("dicomnode_validation_specificity") == 0.0  # 0 TN, 1 FP

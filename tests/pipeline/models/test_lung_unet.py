@@ -10,13 +10,13 @@ import pytest
 from pipeline.errors import ModelError
 from pipeline.preprocessing import Box
 from pipeline.stages import LungSegmenter
+from pipeline.stages.lung_split import separate_joined
 from pipeline.stages.lung_unet import (
     UNetLungSegmenter,
     dice,
     dice_lost_versus_full_resolution,
     refine_and_split,
     refine_mask,
-    separate_joined,
 )
 from pipeline.types import CTVolume
 from tests.pipeline.models.phantoms import Phantom, make_phantom, register_threshold_unet
