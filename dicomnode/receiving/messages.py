@@ -11,6 +11,7 @@ refusal attached (``refusal_of``), so the sender gets a failure status, not an a
 from __future__ import annotations
 
 import logging
+import queue
 import zlib
 from io import BytesIO
 from typing import Any
@@ -29,6 +30,7 @@ log = logging.getLogger(__name__)
 
 COMMAND_MAX_BYTES = 64 * 1024  # a C-STORE command set is a few hundred bytes
 NO_DATA_SET = 0x0101
+ASSOCIATION_POLL_S = 0.005
 REFUSAL_ATTR = "_dicomnode_refusal"
 
 Refusal = tuple[StoreStatus, str]
@@ -200,6 +202,16 @@ class BoundedDIMSE(DIMSEServiceProvider):
             log.warning("N-EVENT-REPORT from the peer ignored")
         else:
             self.msg_queue.put((context_id, request))
+
+    def get_msg(self, block: bool = False) -> Any:
+        """The association thread polls this every millisecond; a short wait on the queue
+        instead wakes it at once for a message (C-ECHO, release) and rarely otherwise."""
+        if block:
+            return super().get_msg(block=True)
+        try:
+            return self.msg_queue.get(block=True, timeout=ASSOCIATION_POLL_S)
+        except queue.Empty:
+            return None, None
 
     def _serve_store(self, request: C_STORE, context_id: int) -> None:
         """Answer a C-STORE here, in the thread that read it (pynetdicom's DUL reactor).
