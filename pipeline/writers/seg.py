@@ -19,6 +19,7 @@ import highdicom as hd
 import numpy as np
 import numpy.typing as npt
 from pydicom.dataset import Dataset
+from pydicom.valuerep import format_number_as_ds
 
 from pipeline.types import ModelInfo, StudyResult
 from pipeline.writers import codes
@@ -216,6 +217,25 @@ def _add_frame_anatomy(seg: hd.seg.Segmentation) -> None:
     seg.SharedFunctionalGroupsSequence[0].FrameAnatomySequence = [anatomy]
 
 
+def _set_slice_spacing(seg: hd.seg.Segmentation, result: StudyResult) -> None:
+    """Spacing Between Slices of the SEG: the volume's, measured along the slice normal.
+
+    highdicom copies the source image's Spacing Between Slices when it has one, and some
+    scanners write it signed (negative when the image positions run against the slice
+    normal), which is invalid in a SEG and gives negative volumes to a reader that trusts it.
+    The volume's spacing is the distance between neighbouring slice positions, always
+    positive; a missing or non-positive Slice Thickness gets the same value.
+    """
+    spacing = float(result.volume.spacing_mm[0])
+    if not spacing > 0:
+        raise ValueError(f"slice spacing must be positive, got {spacing}")
+    measures = seg.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
+    measures.SpacingBetweenSlices = format_number_as_ds(spacing)
+    thickness = measures.get("SliceThickness")
+    if thickness is None or thickness == "" or float(thickness) <= 0:
+        measures.SliceThickness = format_number_as_ds(spacing)
+
+
 def _segment_models(result: StudyResult, plans: tuple[SegmentPlan, ...]) -> list[ModelInfo]:
     """The algorithms whose output is in the SEG: the lung segmenter, the localizer if any
     lesion segment exists."""
@@ -260,6 +280,7 @@ def build_seg(
         contributing_equipment=equipment_for(result, _segment_models(result, plans)),
     )
     _add_frame_anatomy(seg)
+    _set_slice_spacing(seg, result)
     logger.info(
         "built SEG %s: %d segments, %d frames in %.2f s",
         sop_uid, len(plans), int(seg.NumberOfFrames), time.perf_counter() - started,
