@@ -28,6 +28,7 @@ from dicomnode.jobs.assembler import Assembler
 from dicomnode.remote.client import DicomwebClient
 from dicomnode.remote.multipart import MultipartError, MultipartReader
 from dicomnode.remote.performer import PerformerSettings, RemotePerformer
+from dicomnode.remote.workitem import WorkitemError, read_assignment
 from dicomnode.web.app import create_app
 from dicomnode.web.multipart import Part, encode_multipart
 from tests.dicomnode.conftest import ct_dataset
@@ -293,3 +294,22 @@ def test_multipart_reader_any_chunking() -> None:
         truncated.finish()
     with pytest.raises(MultipartError):
         MultipartReader(boundary, lambda _h: Sink([]), max_bytes=100).feed(body)
+
+
+def test_a_workitem_of_another_provider_is_read_with_standard_attributes_only() -> None:
+    ds = Dataset()
+    ds.SOPInstanceUID = "2.25.42"
+    prior, images = Dataset(), Dataset()
+    prior.StudyInstanceUID = images.StudyInstanceUID = "1.2.3"
+    prior.SeriesInstanceUID, images.SeriesInstanceUID = "1.2.3.9", "1.2.3.4"
+    ref = Dataset()
+    ref.ReferencedSOPClassUID, ref.ReferencedSOPInstanceUID = "1.2.840.10008.5.1.4.1.1.88.34", "9.9"
+    prior.ReferencedSOPSequence = [ref]
+    ds.InputInformationSequence = [prior, images]
+    assignment = read_assignment(ds, "http://pacs/dicom-web")
+    assert assignment.retrieve_url == "http://pacs/dicom-web/studies/1.2.3/series/1.2.3.4"
+    assert assignment.uid_root == "2.25.42"  # the same for every performer of the workitem
+    assert [p.sop_instance_uid for p in assignment.predecessors] == ["9.9"]
+    ds.InputInformationSequence = [prior]
+    with pytest.raises(WorkitemError):
+        read_assignment(ds, "http://pacs/dicom-web")
