@@ -22,6 +22,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import pixel_array
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, CTImageStorage, ExplicitVRLittleEndian
+from pydicom.valuerep import DA, DT, TM
 
 from pipeline.errors import SeriesError
 from pipeline.geometry import direction_matrix, orientation_axes, orientation_of
@@ -110,6 +111,7 @@ def volume_from_datasets(
     for ds in images:
         _check_single_frame(ds)
         _add_missing_type2(ds)
+        _blank_malformed_dates(ds)
     sorted_images, positions, direction = _sort_along_normal(images)
     if len(sorted_images) < min_slices:
         raise SeriesError(
@@ -190,6 +192,33 @@ def _add_missing_type2(ds: Dataset) -> None:
     for keyword in TYPE2_PATIENT_STUDY_KEYWORDS:
         if keyword not in ds:
             setattr(ds, keyword, "")
+
+
+# Dates and times the result objects copy; the analysis needs none of them.
+COPIED_DATE_TIME_KEYWORDS = (
+    "PatientBirthDate", "PatientBirthTime", "StudyDate", "StudyTime", "SeriesDate", "SeriesTime",
+    "AcquisitionDate", "AcquisitionTime", "ContentDate", "ContentTime",
+)
+_DATE_TIME_PARSERS = {"DA": DA, "TM": TM, "DT": DT}
+
+
+def _blank_malformed_dates(ds: Dataset) -> None:
+    """Empty a copied date or time that is not valid DICOM (e.g. a birth date 'notadate'):
+    the writers would refuse to copy it and fail a job over a value the analysis never
+    reads. Only the attribute's name is logged, never its value."""
+    for keyword in COPIED_DATE_TIME_KEYWORDS:
+        if keyword not in ds:
+            continue
+        elem = ds.data_element(keyword)
+        parse = _DATE_TIME_PARSERS.get(elem.VR) if elem is not None else None
+        if elem is None or parse is None or not elem.value:
+            continue
+        try:
+            parse(str(elem.value))
+        except (ValueError, TypeError, OverflowError):
+            elem.value = ""
+            logger.warning("%s is not a valid %s; the result objects carry it empty",
+                           keyword, elem.VR)
 
 
 def _sort_along_normal(

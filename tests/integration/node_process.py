@@ -63,6 +63,7 @@ class NodeProcess:
         }
         for section, values in (sections or {}).items():
             merged.setdefault(section, {}).update(values)
+        self.settings_sections = merged
         lines = []
         for section, values in merged.items():
             lines.append(f"[{section}]")
@@ -124,8 +125,19 @@ class NodeProcess:
             return "(no log)"
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
 
+    @property
+    def database_url(self) -> str:
+        return str(self.settings_sections.get("node", {}).get("database_url", ""))
+
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        """Read the node's SQLite job log directly, as an auditor would."""
+        """Read the node's job log directly, as an auditor would (SQLite file or PostgreSQL;
+        ``?`` placeholders on both)."""
+        if self.database_url:
+            import psycopg
+
+            conninfo = self.database_url.replace("postgresql+psycopg://", "postgresql://")
+            with psycopg.connect(conninfo) as pg:
+                return list(pg.execute(sql.replace("?", "%s"), params).fetchall())
         con = sqlite3.connect(self.data_dir / "dicomnode.sqlite", timeout=30)
         try:
             return con.execute(sql, params).fetchall()
