@@ -19,9 +19,10 @@ cores than workers it falls well below 1: that is the number to report, not a fa
 
 Worker kinds are pluggable: ``WORKER_KINDS`` maps a name to a function that starts N workers
 for a running node and returns their processes. "local" starts ``dicomnode worker --config``
-processes sharing the node's data directory; another kind (remote workers over DICOMweb,
-``dicomnode worker --node-url ... --token ...``) registers itself with
-:func:`register_worker_kind` and is chosen with ``--kinds local remote``.
+processes sharing the node's data directory; "remote" starts ``dicomnode worker --node-url
+... --token ...`` processes (UPS-RS, WADO-RS, STOW-RS over the node's web app on loopback, each
+in its own folder, no database); choose with ``--kinds local remote``. Other kinds register
+with :func:`register_worker_kind`.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -41,6 +43,7 @@ from pathlib import Path
 from benchmarks._common import REPO_ROOT, format_table, machine_line
 from tests.integration.node_process import NodeProcess
 from tests.peers.dcmtk import storescu
+from tests.peers.ports import free_port
 
 logger = logging.getLogger(__name__)
 
@@ -57,9 +60,18 @@ StartWorkers = Callable[[NodeProcess, int, Path], list[subprocess.Popen[bytes]]]
 WORKER_KINDS: dict[str, StartWorkers] = {}
 
 
-def register_worker_kind(name: str, start: StartWorkers) -> None:
+# Extra node settings a worker kind needs (the remote kind: the web app), made per row.
+KIND_SECTIONS: dict[str, Callable[[], dict[str, dict[str, object]]]] = {}
+
+
+def register_worker_kind(
+    name: str, start: StartWorkers,
+    sections: Callable[[], dict[str, dict[str, object]]] | None = None,
+) -> None:
     """Make ``--kinds NAME`` available (e.g. remote workers over DICOMweb)."""
     WORKER_KINDS[name] = start
+    if sections is not None:
+        KIND_SECTIONS[name] = sections
 
 
 def _clean_env() -> dict[str, str]:
@@ -83,6 +95,39 @@ def start_local_workers(
 
 
 register_worker_kind("local", start_local_workers)
+
+REMOTE_TOKEN = "throughput-benchmark-token-0123456789"
+
+
+def _remote_sections() -> dict[str, dict[str, object]]:
+    return {"web": {"enabled": True, "host": "127.0.0.1", "port": free_port(), "auth": "token",
+                    "token": REMOTE_TOKEN, "ohif_dir": "/nonexistent"}}
+
+
+def start_remote_workers(
+    node: NodeProcess, count: int, work_dir: Path
+) -> list[subprocess.Popen[bytes]]:
+    """``count`` ``dicomnode worker --node-url`` processes, each in its own empty folder:
+    UPS-RS claims, WADO-RS retrieve and STOW-RS results over the node's web app (loopback).
+    The node's file gives them only [pipeline] and [worker] (heartbeat_s)."""
+    port = tomllib.loads(node.config_path.read_text())["web"]["port"]
+    env = _clean_env()
+    env["PYTHONPATH"] = str(REPO_ROOT)
+    procs = []
+    for i in range(count):
+        folder = work_dir / f"remote-{i}"
+        folder.mkdir(parents=True, exist_ok=True)
+        log = open(folder / "worker.log", "ab")  # noqa: SIM115 - closed with the process
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "dicomnode", "worker", "--config", str(node.config_path),
+             "--node-url", f"http://127.0.0.1:{port}", "--token", REMOTE_TOKEN,
+             "--work-dir", str(folder / "scratch")],
+            cwd=folder, env=env, stdout=log, stderr=subprocess.STDOUT,
+        ))
+    return procs
+
+
+register_worker_kind("remote", start_remote_workers, _remote_sections)
 
 
 @dataclass(frozen=True)
@@ -148,6 +193,7 @@ def run_row(kind: str, workers: int, studies: Sequence[Path], work_dir: Path, *,
         "node": node_section,
         "worker": {"lease_s": 600.0, "heartbeat_s": 5.0, "poll_interval_s": 0.2},
         "pipeline": _pipeline_section(full, threads),
+        **(KIND_SECTIONS[kind]() if kind in KIND_SECTIONS else {}),
     })
     with node:
         for folder in studies:
