@@ -23,7 +23,7 @@ import json
 import logging
 import os
 import tomllib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -133,7 +133,7 @@ def lesion_mask(case: ReviewedCase) -> npt.NDArray[np.uint8]:
     return np.asarray(pixels.any(axis=-1), dtype=np.uint8).reshape(shape)
 
 
-def deidentify(datasets: list[Dataset]) -> None:
+def deidentify(datasets: Sequence[Dataset]) -> None:
     """Replace identifiers with dicognito (one anonymizer per study: consistent UIDs), then
     empty every date and time and drop private elements."""
     from dicognito.anonymizer import Anonymizer
