@@ -1,7 +1,7 @@
 """Command line of the training package: ``python -m training <command>`` (or ``dicomnode-train``).
 
 Commands: make-dicom, make-data, train-unet, train-decovnet, validate-unet, validate-decovnet,
-train-cnn-bert, evaluate, report, export.
+train-cnn-bert, evaluate, report, export, export-verdicts.
 Everything heavy is cached under the work directory (default ``.work/``, git-ignored).
 """
 
@@ -320,7 +320,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--crop-w", type=int, default=168)
     p.add_argument("--run-name", default=None, help="checkpoint name (default: the model's)")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("export-verdicts",
+                       help="the node's reviewed studies as a de-identified training set")
+    common(p)
+    p.add_argument("--config", type=Path, default=None, help="the node's TOML settings file")
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(func=cmd_export_verdicts)
     return parser
+
+
+def cmd_export_verdicts(args: argparse.Namespace) -> int:
+    from training.verdict_export import export_verdicts
+
+    count = export_verdicts(args.config, args.out)
+    print(f"wrote {count} reviewed case(s) to {args.out} (labels.csv, images/, masks/)")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
