@@ -31,7 +31,7 @@ from PIL import Image, ImageDraw
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, ExplicitVRLittleEndian
 
-from pipeline.types import Lesion, ModelInfo, StudyResult
+from pipeline.types import Classification, Lesion, ModelInfo, StudyResult
 from pipeline.writers import render
 from pipeline.writers.seg import (
     DEVICE_SERIAL_NUMBER,
@@ -211,8 +211,7 @@ class OverlayRenderer:
         classification = result.classification
         if classification is not None:
             models = f"Model {_model_text(classification.model)} | lungs {_model_text(lungs)}"
-            prob = classification.probabilities.get(classification.label, classification.p_covid)
-            finding = f"Classification: {classification.label} (p={prob:.2f})"
+            finding = classification_line(classification)
         else:
             models = f"Lungs {_model_text(lungs)}"
             finding = "Classification: not run"
@@ -400,10 +399,13 @@ def render_summary(result: StudyResult, renderer: OverlayRenderer) -> render.Rgb
             f"Classification: {classification.label} ({_model_text(classification.model)})",
             HEADING_RGB, max_px=text_px,
         )
-        ranked = sorted(classification.probabilities.items(), key=lambda kv: -kv[1])
-        for name, probability in ranked:
-            mark = "  <- predicted" if name == classification.label else ""
-            canvas.row([name, f"p = {probability:.3f}{mark}"], (16, 150))
+        canvas.line(classification_line(classification), max_px=text_px)
+        verdict = classification.verdict
+        if verdict is not None and verdict.in_validated_domain:  # calibrated, in domain
+            ranked = sorted(classification.probabilities.items(), key=lambda kv: -kv[1])
+            for name, probability in ranked:
+                mark = "  <- predicted" if name == classification.label else ""
+                canvas.row([name, f"p = {probability:.3f}{mark}"], (16, 150))
     canvas.gap()
 
     canvas.line("Lungs", HEADING_RGB)
@@ -676,3 +678,12 @@ class SecondaryCaptureOverlay:
             result, out_dir, uid_root,
             series_number=self.series_number, every_nth_slice=self.every_nth_slice,
         )
+
+
+def classification_line(classification: Classification) -> str:
+    """The AI verdict in one line: no probability for an input the model was not validated on."""
+    verdict = classification.verdict
+    if verdict is None:
+        return (f"Classification: {classification.label} "
+                "(uncalibrated, validated domain not checked)")
+    return f"AI verdict: {verdict.statement}"

@@ -215,14 +215,23 @@ def _lesion_group(
     )
 
 
+# The verdict (pipeline.stages.verdict) was indeterminate or outside the validated domain:
+# no class is reported present or absent.
+INDETERMINATE = hd.sr.CodedConcept("82334004", "SCT", "Indeterminate")
+
+
 def _classification_groups(
     classification: Classification, uid_root: str
 ) -> list[hd.sr.MeasurementsAndQualitativeEvaluations]:
-    """One TID 1501 group per class: its finding code, probability, and presence (the
-    predicted class is "Present", the others "Absent")."""
+    """One TID 1501 group per class: its finding code, (calibrated) probability, and presence
+    (the predicted class is "Present", the others "Absent"; every class "Indeterminate" when
+    the verdict is indeterminate or the input lies outside the validated domain)."""
     groups = []
+    verdict = classification.verdict
+    decided = verdict is None or verdict.call in ("positive", "negative")
     for class_name, probability in classification.probabilities.items():
         predicted = class_name == classification.label
+        presence = (codes.PRESENT if predicted else codes.ABSENT) if decided else INDETERMINATE
         groups.append(
             hd.sr.MeasurementsAndQualitativeEvaluations(
                 tracking_identifier=hd.sr.TrackingIdentifier(
@@ -241,7 +250,7 @@ def _classification_groups(
                 qualitative_evaluations=[
                     hd.sr.QualitativeEvaluation(
                         name=codes.fresh(codes.PRESENCE_OF_PROPERTY),
-                        value=codes.fresh(codes.PRESENT if predicted else codes.ABSENT),
+                        value=codes.fresh(presence),
                     )
                 ],
             )
