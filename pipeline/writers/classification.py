@@ -12,6 +12,9 @@ Content (``classification_evaluations``), in this order:
 - one CODE per class: concept name the class's finding (``codes.class_code``), value
   "Present" for the predicted class and "Absent" for the others, with the probability the
   model gave that class as a NUM (``Probability``, UCUM ``{probability}``) it HAS PROPERTIES;
+  every class is "Indeterminate" when the verdict (``pipeline.stages.verdict``) is
+  indeterminate or the input lies outside the validated domain: nothing is called present or
+  absent then;
 - one TEXT "Algorithm Name" and one "Algorithm Version" naming the classifier (its weights
   checksum and Device UID are in the Contributing Equipment Sequence).
 
@@ -29,14 +32,15 @@ from pipeline.types import Classification
 from pipeline.writers import codes
 
 PROBABILITY_DIGITS = 6
+INDETERMINATE = hd.sr.CodedConcept("82334004", "SCT", "Indeterminate")
 
 
 def _class_evaluation(
-    class_name: str, probability: float, predicted: bool
+    class_name: str, probability: float, presence: hd.sr.CodedConcept
 ) -> hd.sr.CodeContentItem:
     item = hd.sr.CodeContentItem(
         name=codes.fresh(codes.class_code(class_name)),
-        value=codes.fresh(codes.PRESENT if predicted else codes.ABSENT),
+        value=codes.fresh(presence),
         relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
     )
     item.ContentSequence = [
@@ -56,8 +60,16 @@ def classification_evaluations(classification: Classification) -> hd.sr.Containe
         name=codes.fresh(codes.QUALITATIVE_EVALUATIONS),
         relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
     )
+    verdict = classification.verdict
+    decided = verdict is None or verdict.call in ("positive", "negative")
+
+    def presence(name: str) -> hd.sr.CodedConcept:
+        if not decided:
+            return INDETERMINATE
+        return codes.PRESENT if name == classification.label else codes.ABSENT
+
     items: list[hd.sr.ContentItem] = [
-        _class_evaluation(name, probability, name == classification.label)
+        _class_evaluation(name, probability, presence(name))
         for name, probability in classification.probabilities.items()
     ]
     model = classification.model

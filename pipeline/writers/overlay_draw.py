@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from pipeline.types import Lesion, ModelInfo, StudyResult
+from pipeline.types import Classification, Lesion, ModelInfo, StudyResult
 from pipeline.writers import render
 from pipeline.writers.seg import LEFT_LUNG_RGB, LESION_RGB, RIGHT_LUNG_RGB, lung_model
 from pipeline.writers.slice_numbers import instance_label, viewer_positions
@@ -56,6 +56,15 @@ def extent(flags: npt.ArrayLike) -> tuple[int, int]:
     """(first, last + 1) index of the True values of a non-empty 1-D flag array."""
     idx = np.flatnonzero(flags)
     return int(idx[0]), int(idx[-1]) + 1
+
+
+def classification_line(classification: Classification) -> str:
+    """The AI verdict in one line: no probability for an input the model was not validated on."""
+    verdict = classification.verdict
+    if verdict is None:
+        return (f"Classification: {classification.label} "
+                "(uncalibrated, validated domain not checked)")
+    return f"AI verdict: {verdict.statement}"
 
 
 def model_text(model: ModelInfo) -> str:
@@ -107,8 +116,7 @@ class OverlayRenderer:
         classification = result.classification
         if classification is not None:
             models = f"Model {model_text(classification.model)} | lungs {model_text(lungs)}"
-            prob = classification.probabilities.get(classification.label, classification.p_covid)
-            finding = f"Classification: {classification.label} (p={prob:.2f})"
+            finding = classification_line(classification)
         else:
             models = f"Lungs {model_text(lungs)}"
             finding = "Classification: not run"

@@ -23,6 +23,7 @@ from pipeline.writers.overlay_draw import (
     TEXT_RGB,
     WARNING_RGB,
     OverlayRenderer,
+    classification_line,
     model_text,
 )
 from pipeline.writers.slice_numbers import instance_label
@@ -107,10 +108,13 @@ def _classification(canvas: _SummaryCanvas, result: StudyResult) -> None:
             f"Classification: {classification.label} ({model_text(classification.model)})",
             HEADING_RGB, max_px=TEXT_COLUMN_PX,
         )
-        ranked = sorted(classification.probabilities.items(), key=lambda kv: -kv[1])
-        for name, probability in ranked:
-            mark = "  <- predicted" if name == classification.label else ""
-            canvas.row([name, f"p = {probability:.3f}{mark}"], (16, 150))
+        canvas.line(classification_line(classification), max_px=TEXT_COLUMN_PX)
+        verdict = classification.verdict
+        if verdict is not None and verdict.in_validated_domain:  # calibrated, in domain
+            ranked = sorted(classification.probabilities.items(), key=lambda kv: -kv[1])
+            for name, probability in ranked:
+                mark = "  <- predicted" if name == classification.label else ""
+                canvas.row([name, f"p = {probability:.3f}{mark}"], (16, 150))
     canvas.gap()
 
 
