@@ -30,7 +30,7 @@ from pipeline.series import read_series
 from pipeline.shadow import build_registry_classifier, build_shadow, shadow_answer
 from pipeline.stages import Classifier, LesionLocalizer, LungSegmenter
 from pipeline.stages.lung_morphology import MorphologicalLungSegmenter
-from pipeline.types import CTVolume, ModelInfo, StudyResult
+from pipeline.types import Classification, CTVolume, ModelInfo, StudyResult
 from pipeline.writers.uids import derive_uid
 
 logger = logging.getLogger(__name__)
@@ -299,6 +299,7 @@ def summarize(
             "model": _model(c.model),
         }
     return {
+        "verdict": verdict_summary(result.classification),
         "software": f"chest-ct-dicomnode {__version__}",
         "study_instance_uid": volume.study_instance_uid,
         "series_instance_uid": volume.series_instance_uid,
@@ -334,6 +335,31 @@ def summarize(
             }
             for obj in objects
         ],
+    }
+
+
+def verdict_summary(classification: Classification | None) -> dict[str, Any]:
+    """The ``verdict`` block of summary.json (calibration, band, validated domain)."""
+    if classification is None:
+        return {"call": "not run", "statement": "classification not run"}
+    v = classification.verdict
+    if v is None:
+        return {"call": "not assessed", "in_validated_domain": False,
+                "statement": "uncalibrated classifier, validated domain not checked"}
+    return {
+        "call": v.call,
+        "statement": v.statement,
+        "p_covid_calibrated": _number(v.p_covid_calibrated, 4),
+        "p_covid_raw": _number(v.p_covid_raw, 4),
+        "in_validated_domain": v.in_validated_domain,
+        "domain_distance": _number(v.domain_distance, 2),
+        "embedding_distance": _number(v.embedding_distance, 2),
+        "domain_limit": _number(v.domain_limit, 2),
+        "negative_below": v.negative_below,
+        "positive_from": v.positive_from,
+        "temperature": v.temperature,
+        "calibration_fitted_on": v.calibration_fitted_on,
+        "domain_fitted_on": v.domain_fitted_on,
     }
 
 

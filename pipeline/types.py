@@ -76,6 +76,35 @@ class ModelInfo:
 
 
 @dataclass(frozen=True)
+class Verdict:
+    """What a classification may claim (``pipeline.stages.verdict``).
+
+    ``call`` is "positive", "negative" or "indeterminate" from the calibrated probability and
+    the decision band, or "not assessed" when the input lies outside the validated domain.
+    """
+
+    call: str
+    p_covid_calibrated: float
+    p_covid_raw: float
+    in_validated_domain: bool
+    domain_distance: float  # max |z| of the image statistics (NaN: no domain stored)
+    embedding_distance: float  # RMS z of the embedding (0: none stored)
+    domain_limit: float
+    negative_below: float
+    positive_from: float
+    temperature: float
+    calibration_fitted_on: str
+    domain_fitted_on: str
+
+    @property
+    def statement(self) -> str:
+        """One line for overlays and reports."""
+        if not self.in_validated_domain:
+            return "outside the validated domain: not assessed"
+        return f"{self.call} (calibrated p(COVID-19) {self.p_covid_calibrated:.2f})"
+
+
+@dataclass(frozen=True)
 class Classification:
     """Output of a volume classifier.
 
@@ -89,6 +118,7 @@ class Classification:
     embedding: npt.NDArray[np.float32]
     model: ModelInfo
     activation: npt.NDArray[np.float32] | None = None  # CAM in volume space, 0..1, optional
+    verdict: Verdict | None = None  # calibration, band and domain check (None: not judged)
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ defective exports (``dicomnode analyze``); the node itself refuses such input.""
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Sequence
 
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -25,8 +26,9 @@ def repair_uids(datasets: Sequence[Dataset]) -> int:
     attributes (so the same files always get the same UIDs): the study from patient and study
     attributes, the series from the study and series attributes, the frame of reference from
     the series, and each SOP Instance UID from the series, InstanceNumber and position (or from
-    the file meta MediaStorageSOPInstanceUID when that one is valid). A missing SOP Class UID
-    is taken from the file meta. Meant for offline analysis; the node refuses such input.
+    the file meta MediaStorageSOPInstanceUID when that one is valid and not repeated in
+    another file of the series). A missing SOP Class UID is taken from the file meta. Meant for
+    offline analysis; the node refuses such input.
     """
     return _repair_uid_attributes(list(datasets))
 
@@ -36,6 +38,11 @@ def _repaired(value: str, *entropy: object) -> str:
     if from_uuid is not None:
         return from_uuid
     return derive_uid(REPAIR_UID_ROOT, value, *entropy)
+
+
+def _meta_instance_uid(ds: Dataset) -> str:
+    meta = ds.file_meta if hasattr(ds, "file_meta") else FileMetaDataset()
+    return str(meta.get("MediaStorageSOPInstanceUID", "") or "")
 
 
 def _repair_uid_attributes(datasets: list[Dataset]) -> int:
@@ -60,6 +67,7 @@ def _repair_uid_attributes(datasets: list[Dataset]) -> int:
     frame_uid = str(first.get("FrameOfReferenceUID", "") or "")
     if not is_valid_uid(frame_uid):
         frame_uid = _repaired(frame_uid, "frame-of-reference", series_uid)
+    meta_counts = Counter(_meta_instance_uid(ds) for ds in datasets)
     for ds in datasets:
         for keyword, value in (
             ("StudyInstanceUID", study_uid),
@@ -75,8 +83,9 @@ def _repair_uid_attributes(datasets: list[Dataset]) -> int:
             changed += 1
         sop_uid = str(ds.get("SOPInstanceUID", "") or "")
         if not is_valid_uid(sop_uid):
-            meta_uid = str(meta.get("MediaStorageSOPInstanceUID", "") or "")
-            if is_valid_uid(meta_uid) and not sop_uid:
+            meta_uid = _meta_instance_uid(ds)
+            # A file-meta UID shared by several files is a placeholder, not an identity.
+            if is_valid_uid(meta_uid) and not sop_uid and meta_counts[meta_uid] == 1:
                 ds.SOPInstanceUID = meta_uid
             else:
                 position = "\\".join(str(v) for v in ds.get("ImagePositionPatient", []) or [])

@@ -1,7 +1,7 @@
 """Command line of the training package: ``python -m training <command>`` (or ``dicomnode-train``).
 
 Commands: make-dicom, make-data, train-unet, train-decovnet, validate-unet, validate-decovnet,
-train-cnn-bert, evaluate, report, export.
+train-cnn-bert, evaluate, report, export, fit-verdict, export-verdicts.
 Everything heavy is cached under the work directory (default ``.work/``, git-ignored).
 """
 
@@ -213,6 +213,15 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_fit_verdict(args: argparse.Namespace) -> int:
+    from training.fit_verdict import run
+
+    torch.set_num_threads(args.threads)
+    policy = run(args.work_dir, args.cases, args.real, args.registry_dir, write=args.write)
+    print(json.dumps({k: v for k, v in policy.items() if k != "domain"}, indent=1))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m training", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -320,7 +329,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--crop-w", type=int, default=168)
     p.add_argument("--run-name", default=None, help="checkpoint name (default: the model's)")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("export-verdicts",
+                       help="the node's reviewed studies as a de-identified training set")
+    common(p)
+    p.add_argument("--config", type=Path, default=None, help="the node's TOML settings file")
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(func=cmd_export_verdicts)
+
+    p = sub.add_parser("fit-verdict", help="fit DeCoVNet's temperature, band and domain")
+    common(p)
+    p.add_argument("--registry-dir", type=Path, default=None)
+    p.add_argument("--cases", type=int, default=16, help="held-back validation phantoms")
+    p.add_argument("--no-real", dest="real", action="store_false",
+                   help="do not add the real studies to the calibration")
+    p.add_argument("--dry-run", dest="write", action="store_false",
+                   help="fit and print, do not write the registry")
+    p.set_defaults(func=cmd_fit_verdict)
     return parser
+
+
+def cmd_export_verdicts(args: argparse.Namespace) -> int:
+    from training.verdict_export import export_verdicts
+
+    count = export_verdicts(args.config, args.out)
+    print(f"wrote {count} reviewed case(s) to {args.out} (labels.csv, images/, masks/)")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

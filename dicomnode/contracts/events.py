@@ -36,5 +36,6 @@ class EventKind(enum.StrEnum):
     EXPORT_FAILED = "export-failed"
     EXPORT_REQUEUED = "export-requeued"
     EXPORT_COMMITTED = "export-committed"  # the destination confirmed it holds the objects
+    EXPORT_UNCONFIRMED = "export-unconfirmed"  # sent, but the destination never confirmed it
     EXPORT_LOST = "export-lost"  # the destination does not hold a sent object: sent again
     OUTPUT_CHOICE = "output-choice"  # a refused SOP class: the overlay series goes instead

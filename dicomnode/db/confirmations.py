@@ -90,19 +90,21 @@ class ConfirmationLog:
     def unconfirmed(
         self, export_ids: Sequence[int], error: str, *, max_attempts: int, retry_after_s: float
     ) -> None:
-        """No answer could be had: ask again later; after ``max_attempts`` the export fails."""
+        """No answer could be had: ask again later. After ``max_attempts`` the export stays
+        ``sent`` (delivered, never confirmed) with the reason, and is not asked about again."""
         now = utcnow()
         with self._sessions() as session, session.begin():
             for export in session.scalars(select(Export).where(Export.id.in_(export_ids))):
                 export.confirm_attempts += 1
-                export.last_error = f"confirmation: {error}"[:2000]
-                if export.state == ExportState.SENT and export.confirm_attempts >= max_attempts:
-                    export.state = ExportState.FAILED
-                    obj = session.get_one(ResultObject, export.result_object_id)
-                    job = session.get_one(Job, obj.job_id)
-                    add_event(session, job.study_id, EventKind.EXPORT_FAILED,
-                              f"{obj.kind} {obj.sop_instance_uid}: {export.destination} never "
-                              f"confirmed it ({error[:200]})", job_id=job.id)
-                else:
+                export.last_error = f"not confirmed: {error}"[:2000]
+                if export.confirm_attempts < max_attempts:
                     delay = retry_after_s * 2 ** min(export.confirm_attempts, 10)
                     export.check_at = now + timedelta(seconds=delay)
+                    continue
+                export.check_at = None
+                if export.state == ExportState.SENT:
+                    obj = session.get_one(ResultObject, export.result_object_id)
+                    job = session.get_one(Job, obj.job_id)
+                    add_event(session, job.study_id, EventKind.EXPORT_UNCONFIRMED,
+                              f"{obj.kind} {obj.sop_instance_uid}: {export.destination} sent "
+                              f"but never confirmed ({error[:200]})", job_id=job.id)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import threading
+from collections import Counter
 from dataclasses import asdict, dataclass
 from datetime import datetime
 
 from sqlalchemy import Engine, bindparam, insert, select, update
 from sqlalchemy.dialects import postgresql
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.sql.dml import ReturningInsert
 
@@ -102,9 +104,28 @@ _NEWEST_JOB_OF_INSTANCE = (
     .order_by(Job.id.desc())
     .limit(1)
 )
+_TOUCH_SERIES_BY = (
+    update(Series)
+    .where(Series.id == bindparam("sid"))
+    .values(
+        instance_count=Series.instance_count + bindparam("n"),
+        last_received_at=bindparam("now"),
+        state=SeriesState.RECEIVING,
+    )
+)
 _TOUCH_STUDY = (
     update(Study).where(Study.id == bindparam("sid")).values(last_received_at=bindparam("now"))
 )
+
+
+@dataclass
+class _Pending:
+    """A row waiting for the group commit, and what became of it."""
+
+    rec: InstanceRecord
+    done: bool = False
+    inserted: bool = False
+    error: Exception | None = None
 
 
 class InstanceRecorder:
@@ -119,6 +140,9 @@ class InstanceRecorder:
         # Reads outside any transaction: a plain SELECT must not take SQLite's write lock.
         self._reader = self._engine.execution_options(isolation_level="AUTOCOMMIT")
         self._series_ids: dict[str, tuple[int, int]] = {}  # series uid -> (study id, series id)
+        self._queue_lock = threading.Lock()
+        self._commit_lock = threading.Lock()
+        self._pending: list[_Pending] = []
 
     def exists(self, sop_instance_uid: str) -> bool:
         with self._reader.connect() as conn:
@@ -156,9 +180,39 @@ class InstanceRecorder:
     def record(self, rec: InstanceRecord) -> bool:
         """Insert the instance row and update its series/study; False if it was already there.
 
-        A concurrent association creating the same study or series first (possible on
-        PostgreSQL; SQLite serialises writers) makes this retry once on the unique constraint.
+        Returns once the row is committed. Rows that arrive together (several associations)
+        share one transaction (group commit): the first caller commits every row queued so far
+        while the others wait for it, so one association never waits on a thread hand-off.
         """
+        item = _Pending(rec)
+        with self._queue_lock:
+            self._pending.append(item)
+        with self._commit_lock:
+            if not item.done:
+                with self._queue_lock:
+                    batch, self._pending = self._pending, []
+                self._commit(batch)
+        if item.error is not None:
+            raise item.error
+        return item.inserted
+
+    def _commit(self, batch: list[_Pending]) -> None:
+        try:
+            results = self._record_batch([p.rec for p in batch]) if len(batch) > 1 else None
+        except SQLAlchemyError:
+            results = None  # e.g. a unique-constraint race: each row on its own, with retries
+        for index, pending in enumerate(batch):
+            try:
+                pending.inserted = (
+                    results[index] if results is not None else self._record_with_retry(pending.rec)
+                )
+            except Exception as exc:  # handed to the caller that owns the row
+                pending.error = exc
+            pending.done = True
+
+    def _record_with_retry(self, rec: InstanceRecord) -> bool:
+        """One row in its own transaction. A concurrent writer creating the same study or
+        series first (possible on PostgreSQL) makes this retry on the unique constraint."""
         for attempt in range(3):
             try:
                 return self._record_once(rec)
@@ -167,6 +221,36 @@ class InstanceRecorder:
                 if attempt == 2:
                     raise
         return False
+
+    def _record_batch(self, recs: list[InstanceRecord]) -> list[bool]:
+        """Several rows in one transaction; series and studies touched once each."""
+        now = utcnow()
+        results: list[bool] = []
+        series_added: Counter[int] = Counter()
+        studies: set[int] = set()
+        new_ids: dict[str, tuple[int, int]] = {}
+        with self._sessions() as session, session.begin():
+            conn = session.connection()
+            for rec in recs:
+                study_id, series_id = new_ids.get(rec.series_instance_uid) or self._ids(
+                    session, rec, now
+                )
+                new_ids[rec.series_instance_uid] = (study_id, series_id)
+                values = {k: v for k, v in asdict(rec).items() if k in _INSTANCE_COLUMNS}
+                insert_row = _INSERT_INSTANCE.get(conn.dialect.name, _INSERT_INSTANCE["sqlite"])
+                inserted = conn.execute(
+                    insert_row, {"series_id": series_id, "received_at": now, **values}
+                ).first() is not None
+                results.append(inserted)
+                if inserted:
+                    series_added[series_id] += 1
+                    studies.add(study_id)
+            for series_id, count in series_added.items():
+                conn.execute(_TOUCH_SERIES_BY, {"sid": series_id, "now": now, "n": count})
+            for study_id in studies:
+                conn.execute(_TOUCH_STUDY, {"sid": study_id, "now": now})
+        self._series_ids.update(new_ids)
+        return results
 
     def _record_once(self, rec: InstanceRecord) -> bool:
         # Prebuilt statements, one short transaction: this runs once per received instance.

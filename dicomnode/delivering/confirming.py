@@ -80,8 +80,13 @@ class Confirmer:
             self._commitment = False
             return False
         except CommitmentError as exc:
-            self._unconfirmed(tickets, str(exc))
-            return True
+            if self._dest.confirm == "commitment":
+                self._unconfirmed(tickets, str(exc))
+                return True
+            log.warning("%s: storage commitment failed (%s); confirming by query from now on",
+                        self._dest.name, exc)
+            self._commitment = False
+            return False
         self._commitment = True
         return True
 

@@ -124,7 +124,7 @@ def store_batch(
         where = f"{destination.ae_title}@{destination.host}:{destination.port}"
         outcome.failed += [(t, None, f"{reason} by {where}") for t in readable]
         return outcome
-    accepted = {cx.abstract_syntax for cx in assoc.accepted_contexts}
+    accepted = {str(cx.abstract_syntax) for cx in assoc.accepted_contexts}
     outcome.commitment = STORAGE_COMMITMENT_PUSH in accepted
     try:
         _send_all(assoc, readable, accepted, data_dir, outcome)

@@ -17,6 +17,7 @@ from pynetdicom.events import Event
 from sqlalchemy.exc import SQLAlchemyError
 
 from dicomnode.db.records import InstanceRecorder, StoredInstance
+from dicomnode.receiving.filemeta import file_header
 from dicomnode.receiving.headers import instance_record
 from dicomnode.receiving.limits import pixel_problem
 from dicomnode.receiving.messages import refusal_of
@@ -153,7 +154,9 @@ def _store_once(
             )
             return _refuse(StoreStatus.UID_CONFLICT, f"SOP Instance UID {reason}", sop_uid,
                            calling)
-        size = storage.write_instance(path, event.encoded_dataset(include_meta=True))
+        header = file_header(sop_class, sop_uid, transfer_syntax)
+        with event.request.DataSet.getbuffer() as body:  # written as received, not copied
+            size = storage.write_instance(path, (header, body))
     except DiskFullError as exc:
         return _refuse(StoreStatus.OUT_OF_RESOURCES, str(exc), sop_uid, calling)
     except Exception as exc:

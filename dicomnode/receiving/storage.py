@@ -26,7 +26,7 @@ import os
 import re
 import shutil
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from dicomnode.errors import StorageError
@@ -155,22 +155,26 @@ class Storage:
             self._known_dirs.add(folder)
         return strict
 
-    def write_instance(self, path: Path, data: bytes) -> int:
+    def write_instance(self, path: Path, data: bytes | Sequence[bytes | memoryview]) -> int:
         """The receiver's durable write of one instance (see the module docstring)."""
+        chunks = [data] if isinstance(data, bytes) else list(data)
         if self._prepare(path):
-            return self.write_atomic(path, [data])
+            return self.write_atomic(path, chunks)
+        size = 0
         try:
             with open(path, "wb") as fh:
-                fh.write(data)
+                for chunk in chunks:
+                    fh.write(chunk)
+                    size += len(chunk)
                 fh.flush()
                 if self.fsync:
                     os.fdatasync(fh.fileno())
         except OSError as exc:
             path.unlink(missing_ok=True)
             raise _storage_error(exc, path) from exc
-        return len(data)
+        return size
 
-    def write_atomic(self, path: Path, chunks: Iterable[bytes]) -> int:
+    def write_atomic(self, path: Path, chunks: Iterable[bytes | memoryview]) -> int:
         """Write ``chunks`` to ``path`` atomically and durably; return the byte count."""
         self._prepare(path)
         tmp = self.root / TMP_DIR / f"{uuid.uuid4().hex}.part"

@@ -9,6 +9,8 @@ the DIMSE provider (``messages.BoundedDIMSE``).
 from __future__ import annotations
 
 import logging
+import select
+import ssl
 from copy import deepcopy
 from typing import Any
 
@@ -22,7 +24,8 @@ from dicomnode.receiving.messages import BoundedDIMSE
 
 log = logging.getLogger(__name__)
 
-PDU_OVERHEAD_BYTES = 1024 * 1024  # command set, PDV headers: a PDU may exceed its data a little
+PDU_OVERHEAD_BYTES = 1024 * 1024
+WAIT_FOR_DATA_S = 0.005  # command set, PDV headers: a PDU may exceed its data a little
 
 
 class ReplaySocket(AssociationSocket):
@@ -33,7 +36,28 @@ class ReplaySocket(AssociationSocket):
 
     @property
     def ready(self) -> bool:
-        return bool(self._prefix) or bool(super().ready)
+        """Data to read? Waits up to ``WAIT_FOR_DATA_S`` when there is nothing to send.
+
+        pynetdicom's reactor polls with a zero timeout and sleeps between polls; waiting in
+        ``select`` instead wakes the thread when data arrives and not hundreds of times a second
+        in between (responses to C-STORE are queued by this same thread, see
+        ``messages.BoundedDIMSE._serve_store``; others wait at most this long).
+        """
+        if self._prefix:
+            return True
+        sock = self.socket
+        if sock is None or not self._is_connected:
+            return False
+        if isinstance(sock, ssl.SSLSocket) and sock.pending():
+            return True
+        dul = self.assoc.dul
+        wait = WAIT_FOR_DATA_S if dul.to_provider_queue.empty() and dul.event_queue.empty() else 0
+        try:
+            readable, _, _ = select.select([sock], [], [], wait)
+        except (OSError, ValueError):
+            self.event_queue.put("Evt17")  # the connection is gone
+            return False
+        return bool(readable)
 
     def recv(self, nr_bytes: int) -> bytearray:
         if nr_bytes > self._max_pdu:

@@ -16,12 +16,17 @@ from dicomnode.errors import DicomNodeError
 WithConfig = Callable[[argparse.ArgumentParser], argparse.ArgumentParser]
 
 
-def _store(args: argparse.Namespace) -> UserStore:
+def _sessions(args: argparse.Namespace) -> Any:
     from dicomnode.db.engine import open_database
 
     settings = load_settings(args.config)
-    _engine, sessions = open_database(settings.database_url)
-    return UserStore(sessions, session_lifetime_s=0)
+    if not settings.node.database_url:  # the SQLite file in the data directory
+        settings.node.data_dir.mkdir(parents=True, exist_ok=True)
+    return open_database(settings.database_url)[1]
+
+
+def _store(args: argparse.Namespace) -> UserStore:
+    return UserStore(_sessions(args), session_lifetime_s=0)
 
 
 def cmd_users_add(args: argparse.Namespace) -> int:
@@ -48,12 +53,10 @@ def cmd_users_remove(args: argparse.Namespace) -> int:
 
 
 def cmd_models_promote(args: argparse.Namespace) -> int:
-    from dicomnode.db.engine import open_database
     from dicomnode.review.promotion import promote
 
-    settings = load_settings(args.config)
-    _engine, sessions = open_database(settings.database_url)
-    decision = promote(sessions, args.model, by=args.user or getpass.getuser(), force=args.force)
+    decision = promote(_sessions(args), args.model, by=args.user or getpass.getuser(),
+                       force=args.force)
     print(decision.explanation)
     return 0 if decision.promoted else 1
 

@@ -70,7 +70,7 @@ def view(v: Verdict) -> VerdictView:
 def judged_models(summary: Mapping[str, Any] | None) -> dict[str, Any]:
     """What the verdict judges: the primary and shadow classifiers' model and answer."""
     def answer(block: Any) -> dict[str, Any] | None:
-        if not isinstance(block, Mapping):
+        if not isinstance(block, Mapping) or "error" in block:
             return None
         model = block.get("model") or {}
         return {"name": model.get("name", ""), "version": model.get("version", ""),

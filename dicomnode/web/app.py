@@ -90,7 +90,7 @@ def create_app(
     app.include_router(api.router)
     app.include_router(pages.router)
     app.include_router(ups.router)  # UPS-RS and STOW-RS for remote workers, before a proxy
-    app.include_router(stow.router)
+    app.include_router(stow.router if proxy is None else stow.proxy_mode_router)
     app.include_router(verdicts.router)
     if proxy is not None:
         app.include_router(proxy_router(proxy))

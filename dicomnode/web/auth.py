@@ -151,9 +151,12 @@ def _is_program_path(path: str) -> bool:
 
 
 def _cross_site(request: Request) -> bool:
-    """True when a browser says the request comes from another site."""
-    if request.headers.get("sec-fetch-site", "") == "cross-site":
-        return True
+    """True when a browser says the request comes from another site (or cannot say where
+    from). Sec-Fetch-Site first: with ``Referrer-Policy: no-referrer`` browsers send
+    ``Origin: null`` on same-origin form posts, and scripts cannot forge Sec-Fetch-Site."""
+    fetch_site = request.headers.get("sec-fetch-site", "")
+    if fetch_site:
+        return fetch_site not in ("same-origin", "none")
     origin = request.headers.get("origin")
     if origin is None:
         return False

@@ -10,7 +10,9 @@ performer sets the workitem COMPLETED (``dicomnode.jobs.remote_jobs``).
 
 Answers: 200 (all stored), 202 (some refused), 409 (none stored, or the transaction does not
 hold a workitem IN PROGRESS), 400 (no Transaction-UID), 415 (not multipart DICOM); the body is
-the DICOM JSON store response (Referenced SOP Sequence, Failed SOP Sequence).
+the DICOM JSON store response (Referenced SOP Sequence, Failed SOP Sequence). With
+``[web] dicomweb = "proxy"`` only requests with a Transaction-UID are taken here; the others go
+on to the PACS.
 """
 
 from __future__ import annotations
@@ -24,7 +26,10 @@ from typing import Annotated, BinaryIO
 from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
+from fastapi.routing import APIRoute
 from pydicom import Dataset
+from starlette.routing import Match
+from starlette.types import Scope
 
 from dicomnode.jobs.remote_jobs import RemoteJobs, StoredResult, WorkitemConflictError
 from dicomnode.receiving.storage import TMP_DIR, is_valid_uid
@@ -170,3 +175,21 @@ async def stow_study(study: str, request: Request, ctx: CtxDep) -> Response:
     if not is_valid_uid(study):
         raise HTTPException(400, "the study in the path is not a valid UID")
     return await _store(request, ctx, study)
+
+
+class _TransactionRoute(APIRoute):
+    """A route that matches only requests carrying a Transaction-UID header: with a DICOMweb
+    proxy in front of the PACS, every other STOW-RS request goes on to the PACS."""
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        match, child = super().matches(scope)
+        header = TRANSACTION_HEADER.encode()
+        if match is not Match.NONE and not any(k == header for k, _ in scope.get("headers", [])):
+            return Match.NONE, {}
+        return match, child
+
+
+proxy_mode_router = APIRouter(prefix="/dicom-web", tags=["stow-rs"],
+                              route_class=_TransactionRoute)
+proxy_mode_router.add_api_route("/studies", stow_studies, methods=["POST"])
+proxy_mode_router.add_api_route("/studies/{study}", stow_study, methods=["POST"])

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +35,7 @@ from pipeline.slices import (
     sequential_sets,
 )
 from pipeline.stages.cam import cam_to_volume, feature_cam
+from pipeline.stages.verdict import VerdictPolicy, image_statistics, softmax
 from pipeline.types import Classification, CTVolume, LungMask, ModelInfo
 
 logger = logging.getLogger(__name__)
@@ -104,6 +106,7 @@ class DeCoVNetClassifier:
         shape = spec.input_spec.get("crop_shape_px", DECOVNET_CROP_SHAPE_PX)
         self._crop_shape = (int(shape[0]), int(shape[1]))
         self._compute_cam = compute_cam
+        self._policy = VerdictPolicy.from_metadata(spec.metadata)
         with torch.no_grad():
             self._cam_weights = model.cam_weights().detach().clone()
 
@@ -139,9 +142,15 @@ class DeCoVNetClassifier:
             t_net - t_pre,
             time.perf_counter() - t_net,
         )
-        return _result(
-            probs, self._names, self._positive, embedding[0].cpu().numpy(), self.info, activation
+        emb = embedding[0].cpu().numpy()
+        verdict = self._policy.judge(
+            logits[0].float().cpu().numpy().tolist(), self._positive,
+            image_statistics(volume, mask), emb,
         )
+        logger.info("verdict: %s", verdict.statement)
+        calibrated = softmax(logits[0].float().cpu().numpy().tolist(), self._policy.temperature)
+        result = _result(calibrated, self._names, self._positive, emb, self.info, activation)
+        return replace(result, verdict=verdict)
 
 
 class CnnBertClassifier:

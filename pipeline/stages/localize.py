@@ -32,12 +32,13 @@ from scipy import ndimage
 
 from pipeline.preprocessing import Box, bounding_box, window_uint8
 from pipeline.stages.cc3d import cc3d_candidates
+from pipeline.stages.vessel_filter import shape_facts
 from pipeline.types import Classification, CTVolume, Lesion, LungMask, ModelInfo
 
 logger = logging.getLogger(__name__)
 
 LOCALIZER_NAME = "decovnet-cam-3dcc"
-LOCALIZER_VERSION = "1.1.0"  # 1.1: 3DCC picks among CAM regions, never empties them
+LOCALIZER_VERSION = "1.2.0"  # 1.1: 3DCC never empties the CAM regions; 1.2: vessels dropped
 CAM_HISTOGRAM_BINS = 50
 CAM_TOP_SHARE = 0.05  # share of the box's voxels kept from the top of the CAM histogram
 INTENSITY_LEVEL_MIN = 75  # uint8 level of the [-1200, 600] window (about -664 HU)
@@ -110,6 +111,7 @@ class CamLesionLocalizer:
         restrict_slice_range: bool = True,
         use_3dcc: bool = True,
         max_lesions: int = MAX_LESIONS,
+        drop_vessels: bool = True,
     ) -> None:
         if min_volume_ml < 0:
             raise ValueError(f"min_volume_ml must be >= 0, got {min_volume_ml}")
@@ -125,6 +127,7 @@ class CamLesionLocalizer:
         self.restrict_slice_range = restrict_slice_range
         self.use_3dcc = use_3dcc
         self.max_lesions = max_lesions
+        self.drop_vessels = drop_vessels  # vessel_filter: tubular and hilar candidates go
 
     @property
     def info(self) -> ModelInfo:
@@ -165,6 +168,13 @@ class CamLesionLocalizer:
             seed[stop:] = False
         labels, count = ndimage.label(seed, structure=_CONNECTIVITY_26)
         keep = self._components_to_keep(labels, count, lung_b & ~dense, volume.voxel_volume_ml)
+        if self.drop_vessels:  # the largest few only: each check costs a ridge filter
+            keep = self._not_vessels(
+                labels, keep[: 3 * self.max_lesions], hu_b, lungs, box, volume.spacing_mm
+            )
+        if len(keep) > self.max_lesions:
+            logger.info("keeping the %d largest of %d lesions", self.max_lesions, len(keep))
+        keep = keep[: self.max_lesions]
         lesions = self._lesions(labels, keep, box, volume, lungs, act_b)
         logger.info(
             "localized %d lesion(s) (%s, %d seed components) in %.2f s",
@@ -209,10 +219,40 @@ class CamLesionLocalizer:
                 # The paper's 3DCC chooses among the CAM regions and never empties the result
                 # (with no overlap its argmax still returns a region): keep the CAM's regions.
                 logger.info("no CAM region overlaps a 3DCC candidate: keeping the CAM's regions")
-        order = [int(i) for i in np.argsort(sizes, kind="stable")[::-1] if large[i]]
-        if len(order) > self.max_lesions:
-            logger.info("keeping the %d largest of %d lesions", self.max_lesions, len(order))
-        return order[: self.max_lesions]
+        return [int(i) for i in np.argsort(sizes, kind="stable")[::-1] if large[i]]
+
+    def _not_vessels(
+        self,
+        labels: npt.NDArray[np.int32],
+        keep: list[int],
+        hu_b: npt.NDArray[np.float32],
+        lungs: LungMask,
+        box: Box,
+        spacing_mm: tuple[float, float, float],
+    ) -> list[int]:
+        """``keep`` less the components that are vessels, airway walls or hilar structures."""
+        out: list[int] = []
+        objects = ndimage.find_objects(labels)
+        left_b, right_b = lungs.left[box.slices], lungs.right[box.slices]
+        for label in keep:
+            region = objects[label - 1]
+            if region is None:
+                continue
+            zs = region[0]
+            in_slab = (slice(0, zs.stop - zs.start), region[1], region[2])
+            facts = shape_facts(
+                hu_b[zs], labels[zs] == label, left_b[zs], right_b[zs], spacing_mm, in_slab
+            )
+            if facts.is_vessel:
+                logger.info(
+                    "dropped a vessel-like candidate (tubular share %.2f, hilar share %.2f)",
+                    facts.tube_share, facts.hilar_share,
+                )
+                continue
+            logger.info("kept candidate: tubular share %.2f, hilar share %.2f",
+                         facts.tube_share, facts.hilar_share)
+            out.append(label)
+        return out
 
     def _lesions(
         self,

@@ -134,6 +134,22 @@ def segment_lung_labels(
     if tissue is None:
         tissue = volume.hu > BODY_HU_MIN
     body = block_any(tissue, factor)
+    lungs, _ = lung_and_other_air(volume, factor, body)
+    if not lungs.any():
+        return np.zeros(body.shape, dtype=np.uint8)
+    dz, dy, dx = volume.spacing_mm
+    return _split_left_right(lungs, body, volume, factor, (dz, dy * factor, dx * factor))
+
+
+def lung_and_other_air(
+    volume: CTVolume, factor: int, body: npt.NDArray[np.bool_]
+) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_]]:
+    """(lungs, other internal air) on the grid reduced by ``factor``; ``body`` is pooled tissue.
+
+    The lungs are the largest internal air components less the tracked airway (trachea,
+    main bronchi and their wall); the other air is every remaining internal air voxel:
+    airway lumen, oesophagus, stomach and bowel gas.
+    """
     dz, dy, dx = volume.spacing_mm
     spacing = (dz, dy * factor, dx * factor)
     voxel_ml = spacing[0] * spacing[1] * spacing[2] / 1000.0
@@ -141,7 +157,7 @@ def segment_lung_labels(
     lungs = _largest_air_components(candidates, voxel_ml)
     if not lungs.any():
         logger.warning("no lung-like air region found")
-        return np.zeros(body.shape, dtype=np.uint8)
+        return lungs, candidates
     airway = _airway(lungs, volume, factor, spacing)
     if airway is not None and airway.any():
         margin = max(1, int(round(AIRWAY_MARGIN_MM / min(spacing[1], spacing[2]))))
@@ -150,7 +166,7 @@ def segment_lung_labels(
             airway[box], structure=_SLICE_CROSS, iterations=margin
         )
         lungs = _largest_air_components(lungs, voxel_ml)
-    return _split_left_right(lungs, body, volume, factor, spacing)
+    return lungs, candidates & ~lungs
 
 
 def _padded_box(mask: npt.NDArray[np.bool_], margin: int) -> tuple[slice, ...]:

@@ -35,6 +35,7 @@ from pipeline.preprocessing import (
     sample_axis,
     unet_input,
 )
+from pipeline.stages.lung_cleanup import non_lung_mask
 from pipeline.stages.lung_split import IN_SLICE_CROSS, cut_at_column, separate_joined
 from pipeline.types import CTVolume, LungMask, ModelInfo
 
@@ -60,6 +61,7 @@ class UNetLungSegmenter:
         registry_dir: str | Path | None = None,
         z_step_mm: float = UNET_Z_STEP_MM,
         batch_slices: int = UNET_BATCH_SLICES,
+        cleanup: bool = True,
     ) -> None:
         if z_step_mm < 0:
             raise ValueError(f"z_step_mm must be >= 0, got {z_step_mm}")
@@ -78,6 +80,7 @@ class UNetLungSegmenter:
             raise ModelError(f"model {model_name!r} expects window {lo}..{hi} HU; not supported")
         self._z_step_mm = z_step_mm
         self._batch = batch_slices
+        self._cleanup = cleanup  # drop airway, oesophagus and gut (``lung_cleanup``)
 
     @property
     def info(self) -> ModelInfo:
@@ -111,6 +114,10 @@ class UNetLungSegmenter:
         lungs = prob > LUNG_PROBABILITY_MIN
         left_w, right_w = refine_and_split(lungs, work_spacing, volume, box)
         left, right = _to_full_grid(left_w, right_w, box, volume.shape)
+        if self._cleanup:
+            drop = non_lung_mask(volume, left | right)
+            left &= ~drop
+            right &= ~drop
         ml = volume.voxel_volume_ml
         logger.info(
             "U-Net lungs: %d of %d slices run at %s, left %.0f mL, right %.0f mL in %.2f s",

@@ -10,9 +10,11 @@ coding scheme ``99CHESTCT`` (see ``PRIVATE_SCHEME``), declared in every object t
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
 from highdicom.coding_schemes import CodingSchemeIdentificationItem
 from highdicom.sr import CodedConcept
+from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
 from pipeline.types import ModelInfo
@@ -70,7 +72,15 @@ UNIT_PERCENT = _standard(codes.UCUM.Percent)  # %
 UNIT_PROBABILITY = CodedConcept("{probability}", "UCUM", "probability")  # dimensionless 0..1
 
 # --- report context ---
-PROCEDURE_CT_CHEST = CodedConcept("169069000", "SCT", "Computed tomography of chest")
+# TID 1500 takes the procedure reported from CID 100 (Quantitative Diagnostic Imaging
+# Procedures), which has no chest CT concept: "CT unspecified body region" is its CT entry. The
+# chest is named by the finding sites (lung) of every measurement.
+PROCEDURE_CT = _standard(codes.cid100.CTUnspecifiedBodyRegion)  # LN 25045-6
+# TID 1500 row 12: document-level qualitative evaluations (no region, no measurement group).
+QUALITATIVE_EVALUATIONS = CodedConcept("C0034375", "UMLS", "Qualitative Evaluations")
+# Contributing Equipment purposes (CID 7005).
+ACQUISITION_EQUIPMENT = _standard(codes.DCM.AcquisitionEquipment)  # 109101
+PROCESSING_EQUIPMENT = _standard(codes.DCM.ProcessingEquipment)  # 109102
 ALGORITHM_FAMILY_AI = _standard(codes.DCM.ArtificialIntelligence)  # 123110, CID 7162
 ALGORITHM_FAMILY_MORPHOLOGY = _standard(codes.DCM.MorphologicalOperations)  # 123104, CID 7162
 
@@ -86,6 +96,39 @@ schemes; every object using it lists it in the Coding Scheme Identification Sequ
 LESION_BURDEN = CodedConcept("LESIONBURDEN", PRIVATE_SCHEME, "Lesion volume as percent of lung")
 NOT_COVID19_PNEUMONIA = CodedConcept("NONCOVID", PRIVATE_SCHEME, "No COVID-19 pneumonia")
 
+
+
+# Code meanings as the templates and PS3.16 spell them, for codes a library writes differently
+# (highdicom 0.28 writes "Source Image for Segmentation"; TID 1411 says "Source image for
+# segmentation"). Validators compare meanings literally and warn on every difference.
+TEMPLATE_MEANINGS: dict[tuple[str, str], str] = {
+    ("DCM", "121233"): "Source image for segmentation",
+    ("DCM", "121232"): "Source series for segmentation",
+    ("DCM", "121191"): "Referenced Segment",
+    ("DCM", "121071"): "Finding",
+    ("SCT", "276214006"): "Finding category",
+    ("DCM", "111001"): "Algorithm Name",
+    ("DCM", "111002"): "Algorithm Parameters",
+    ("DCM", "111003"): "Algorithm Version",
+    ("DCM", "111000"): "Algorithm Family",
+}
+
+
+def conform_meanings(node: Dataset | Sequence[Dataset]) -> int:
+    """Rewrite, in place, every code meaning listed in ``TEMPLATE_MEANINGS`` inside a dataset or
+    a sequence of datasets (recursively); return how many were changed."""
+    items = [node] if isinstance(node, Dataset) else list(node)
+    changed = 0
+    for item in items:
+        key = (str(item.get("CodingSchemeDesignator", "")), str(item.get("CodeValue", "")))
+        wanted = TEMPLATE_MEANINGS.get(key)
+        if wanted is not None and item.get("CodeMeaning") != wanted:
+            item.CodeMeaning = wanted
+            changed += 1
+        for element in item:
+            if element.VR == "SQ":
+                changed += conform_meanings(list(element.value))
+    return changed
 
 
 def private_coding_scheme() -> CodingSchemeIdentificationItem:

@@ -18,10 +18,18 @@ from pathlib import Path
 import highdicom as hd
 import numpy as np
 import numpy.typing as npt
+from pydicom.dataset import Dataset
+from pydicom.valuerep import format_number_as_ds
 
-from pipeline import __version__
 from pipeline.types import ModelInfo, StudyResult
 from pipeline.writers import codes
+from pipeline.writers.equipment import (
+    DEVICE_SERIAL_NUMBER,
+    MANUFACTURER,
+    MANUFACTURER_MODEL_NAME,
+    SOFTWARE_VERSIONS,
+    equipment_for,
+)
 from pipeline.writers.uids import derive_uid
 
 logger = logging.getLogger(__name__)
@@ -30,10 +38,6 @@ SEG_SERIES_NUMBER = 9001
 SEG_INSTANCE_NUMBER = 1
 SEG_SERIES_DESCRIPTION = "AI lung/lesion segmentation"
 SEG_CONTENT_LABEL = "LUNG_LESIONS"
-MANUFACTURER = "chest-ct-dicomnode"
-MANUFACTURER_MODEL_NAME = "chest-ct-dicomnode"
-DEVICE_SERIAL_NUMBER = "1"
-SOFTWARE_VERSIONS = f"chest-ct-dicomnode {__version__}"
 
 # Recommended display colours (CIELab, PS3.3 C.10.7.1.1) as sRGB, converted by highdicom.
 LEFT_LUNG_RGB = (60, 120, 230)
@@ -191,6 +195,56 @@ def _description(plan: SegmentPlan, result: StudyResult) -> hd.seg.SegmentDescri
     return description
 
 
+FRAME_LATERALITY_BOTH = "B"
+
+
+def _add_frame_anatomy(seg: hd.seg.Segmentation) -> None:
+    """Frame Anatomy (shared by all frames): both lungs, Frame Laterality "B".
+
+    General Series Laterality (type 2C) is required unless image or frame laterality is given
+    (PixelMed flags its absence), but it only takes R or L, and the segments cover both
+    lungs; dciodvfy in turn refuses an empty one. Frame Laterality "B" states what is true
+    and satisfies both validators (dciodvfy notes the macro as a standard extension).
+    """
+    region = Dataset()
+    lung = codes.LUNG
+    region.CodeValue = lung.value
+    region.CodingSchemeDesignator = lung.scheme_designator
+    region.CodeMeaning = lung.meaning
+    anatomy = Dataset()
+    anatomy.AnatomicRegionSequence = [region]
+    anatomy.FrameLaterality = FRAME_LATERALITY_BOTH
+    seg.SharedFunctionalGroupsSequence[0].FrameAnatomySequence = [anatomy]
+
+
+def _set_slice_spacing(seg: hd.seg.Segmentation, result: StudyResult) -> None:
+    """Spacing Between Slices of the SEG: the volume's, measured along the slice normal.
+
+    highdicom copies the source image's Spacing Between Slices when it has one, and some
+    scanners write it signed (negative when the image positions run against the slice
+    normal), which is invalid in a SEG and gives negative volumes to a reader that trusts it.
+    The volume's spacing is the distance between neighbouring slice positions, always
+    positive; a missing or non-positive Slice Thickness gets the same value.
+    """
+    spacing = float(result.volume.spacing_mm[0])
+    if not spacing > 0:
+        raise ValueError(f"slice spacing must be positive, got {spacing}")
+    measures = seg.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
+    measures.SpacingBetweenSlices = format_number_as_ds(spacing)
+    thickness = measures.get("SliceThickness")
+    if thickness is None or thickness == "" or float(thickness) <= 0:
+        measures.SliceThickness = format_number_as_ds(spacing)
+
+
+def _segment_models(result: StudyResult, plans: tuple[SegmentPlan, ...]) -> list[ModelInfo]:
+    """The algorithms whose output is in the SEG: the lung segmenter, the localizer if any
+    lesion segment exists."""
+    models = [lung_model(result)]
+    if any(plan.kind == "lesion" for plan in plans):
+        models.append(lesion_model(result))
+    return models
+
+
 def build_seg(
     result: StudyResult, uid_root: str, plans: tuple[SegmentPlan, ...] | None = None
 ) -> tuple[hd.seg.Segmentation, tuple[SegmentPlan, ...]]:
@@ -223,7 +277,10 @@ def build_seg(
         content_description=SEG_SERIES_DESCRIPTION,
         series_description=SEG_SERIES_DESCRIPTION,
         omit_empty_frames=True,
+        contributing_equipment=equipment_for(result, _segment_models(result, plans)),
     )
+    _add_frame_anatomy(seg)
+    _set_slice_spacing(seg, result)
     logger.info(
         "built SEG %s: %d segments, %d frames in %.2f s",
         sop_uid, len(plans), int(seg.NumberOfFrames), time.perf_counter() - started,

@@ -30,17 +30,17 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes as dicom_codes
 
 from dicomnode.contracts import PriorReport
-from pipeline.types import Classification, Lesion, LungStats, ModelInfo, StudyResult
+from pipeline.types import Lesion, LungStats, ModelInfo, StudyResult
 from pipeline.writers import codes
-from pipeline.writers.seg import (
+from pipeline.writers.classification import classification_evaluations
+from pipeline.writers.equipment import (
     DEVICE_SERIAL_NUMBER,
     MANUFACTURER,
     MANUFACTURER_MODEL_NAME,
     SOFTWARE_VERSIONS,
-    SegmentPlan,
-    lesion_model,
-    lung_model,
+    algorithm_equipment,
 )
+from pipeline.writers.seg import SegmentPlan, lesion_model, lung_model
 from pipeline.writers.uids import derive_uid
 
 logger = logging.getLogger(__name__)
@@ -188,40 +188,6 @@ def _lesion_group(
     )
 
 
-def _classification_groups(
-    classification: Classification, uid_root: str
-) -> list[hd.sr.MeasurementsAndQualitativeEvaluations]:
-    """One TID 1501 group per class: its finding code, probability, and presence (the
-    predicted class is "Present", the others "Absent")."""
-    groups = []
-    for class_name, probability in classification.probabilities.items():
-        predicted = class_name == classification.label
-        groups.append(
-            hd.sr.MeasurementsAndQualitativeEvaluations(
-                tracking_identifier=hd.sr.TrackingIdentifier(
-                    uid=derive_uid(uid_root, "tracking", "classification", class_name),
-                    identifier=f"Classification {class_name}"[:64],
-                ),
-                finding_type=codes.class_code(class_name),
-                algorithm_id=algorithm_identification(classification.model),
-                measurements=[
-                    hd.sr.Measurement(
-                        name=codes.fresh(codes.PROBABILITY),
-                        value=round(float(probability), 6),
-                        unit=codes.fresh(codes.UNIT_PROBABILITY),
-                    )
-                ],
-                qualitative_evaluations=[
-                    hd.sr.QualitativeEvaluation(
-                        name=codes.fresh(codes.PRESENCE_OF_PROPERTY),
-                        value=codes.fresh(codes.PRESENT if predicted else codes.ABSENT),
-                    )
-                ],
-            )
-        )
-    return groups
-
-
 def observation_context() -> hd.sr.ObservationContext:
     """TID 1002 device observer: this node, by a fixed UID and name, in every report it writes."""
     observer = hd.sr.ObserverContext(
@@ -246,6 +212,64 @@ def predecessor_dataset(prior: PriorReport) -> Dataset:
     return ds
 
 
+def measurement_report(
+    groups: Sequence[
+        hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations
+        | hd.sr.MeasurementsAndQualitativeEvaluations
+    ],
+    referenced_images: Sequence[Dataset] | None = None,
+) -> hd.sr.MeasurementReport:
+    """TID 1500 with this node's observer context, procedure and language around ``groups``.
+
+    Without groups the "Imaging Measurements" container is left out: highdicom 0.28 requires
+    at least one group, so a placeholder is built and its container removed.
+    """
+    placeholder = hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(identifier="placeholder")
+    )
+    report = hd.sr.MeasurementReport(
+        observation_context=observation_context(),
+        procedure_reported=codes.fresh(codes.PROCEDURE_CT),
+        imaging_measurements=list(groups) or [placeholder],
+        language_of_content_item_and_descendants=hd.sr.LanguageOfContentItemAndDescendants(
+            hd.sr.CodedConcept("en-US", "RFC5646", "English (United States)")
+        ),
+        referenced_images=list(referenced_images) if referenced_images else None,
+    )
+    if not groups:
+        root = report[0]
+        root.ContentSequence = [
+            item for item in root.ContentSequence
+            if item.name != dicom_codes.DCM.ImagingMeasurements
+        ]
+    return report
+
+
+def _region_groups(
+    result: StudyResult, seg: hd.seg.Segmentation, plans: Sequence[SegmentPlan]
+) -> list[hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations]:
+    """One TID 1411 group per lung and lesion segment of ``plans``."""
+    stats_by_side = {stats.side: stats for stats in result.lung_stats}
+    lesions = {lesion.number: lesion for lesion in result.lesions}
+    lungs, localizer = lung_model(result), lesion_model(result)
+    groups = []
+    for plan in plans:
+        if plan.kind == "lung" and plan.side in stats_by_side:
+            groups.append(_lung_group(plan, stats_by_side[plan.side], seg, lungs))
+        elif plan.kind == "lesion" and plan.lesion_number in lesions:
+            groups.append(_lesion_group(plan, lesions[plan.lesion_number], seg, localizer))
+    return groups
+
+
+def _report_models(result: StudyResult, seg: hd.seg.Segmentation | None) -> list[ModelInfo]:
+    models = [lung_model(result)] if seg is not None else []
+    if seg is not None and result.lesions:
+        models.append(lesion_model(result))
+    if result.classification is not None:
+        models.append(result.classification.model)
+    return models
+
+
 def build_sr(
     result: StudyResult,
     seg: hd.seg.Segmentation | None,
@@ -257,31 +281,16 @@ def build_sr(
 
     Raises ValueError when there is nothing to report (no segment and no classification).
     """
-    groups: list[
-        hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations
-        | hd.sr.MeasurementsAndQualitativeEvaluations
-    ] = []
-    stats_by_side = {stats.side: stats for stats in result.lung_stats}
-    lesions = {lesion.number: lesion for lesion in result.lesions}
-    if seg is not None:
-        lungs, localizer = lung_model(result), lesion_model(result)
-        for plan in plans:
-            if plan.kind == "lung" and plan.side in stats_by_side:
-                groups.append(_lung_group(plan, stats_by_side[plan.side], seg, lungs))
-            elif plan.kind == "lesion" and plan.lesion_number in lesions:
-                groups.append(_lesion_group(plan, lesions[plan.lesion_number], seg, localizer))
-    if result.classification is not None:
-        groups.extend(_classification_groups(result.classification, uid_root))
-    if not groups:
-        raise ValueError("nothing to report: no segment and no classification")
-    report = hd.sr.MeasurementReport(
-        observation_context=observation_context(),
-        procedure_reported=codes.fresh(codes.PROCEDURE_CT_CHEST),
-        imaging_measurements=groups,
-        language_of_content_item_and_descendants=hd.sr.LanguageOfContentItemAndDescendants(
-            hd.sr.CodedConcept("en-US", "RFC5646", "English (United States)")
-        ),
+    groups = _region_groups(result, seg, plans) if seg is not None else []
+    evaluations = (
+        classification_evaluations(result.classification)
+        if result.classification is not None else None
     )
+    if not groups and evaluations is None:
+        raise ValueError("nothing to report: no segment and no classification")
+    report = measurement_report(groups)
+    if evaluations is not None:
+        report[0].ContentSequence.append(evaluations)
     evidence: list[Dataset] = list(result.volume.datasets)
     if seg is not None:
         evidence.append(seg)
@@ -302,6 +311,7 @@ def build_sr(
         instance_number=SR_INSTANCE_NUMBER,
         predecessors=predecessors,
         uses_private_codes=uses_private,
+        models=_report_models(result, seg),
     )
     logger.info("built SR %s with %d measurement groups", sop_uid, len(groups))
     return sr
@@ -318,10 +328,13 @@ def comprehensive_3d_sr(
     instance_number: int,
     predecessors: Sequence[PriorReport],
     uses_private_codes: bool,
+    models: Sequence[ModelInfo],
 ) -> hd.sr.Comprehensive3DSR:
     """A preliminary, complete Comprehensive 3D SR by this device; earlier reports of the study
-    are listed as predecessors and the private coding scheme is declared when it is used."""
-    return hd.sr.Comprehensive3DSR(
+    are listed as predecessors, the private coding scheme is declared when it is used and each
+    algorithm in ``models`` is listed as contributing equipment. Code meanings are spelled as
+    the templates spell them."""
+    sr = hd.sr.Comprehensive3DSR(
         evidence=list(evidence),
         content=report,
         series_instance_uid=series_uid,
@@ -338,7 +351,10 @@ def comprehensive_3d_sr(
         software_versions=SOFTWARE_VERSIONS,
         device_serial_number=DEVICE_SERIAL_NUMBER,
         coding_schemes=[codes.private_coding_scheme()] if uses_private_codes else None,
+        contributing_equipment=algorithm_equipment(models),
     )
+    codes.conform_meanings(sr.ContentSequence)
+    return sr
 
 
 def write_sr(

@@ -64,7 +64,7 @@ from pipeline.writers.seg import (
 from pipeline.writers.sr import (
     algorithm_identification,
     comprehensive_3d_sr,
-    observation_context,
+    measurement_report,
 )
 from pipeline.writers.uids import derive_uid
 
@@ -262,15 +262,7 @@ def build_viewer_sr(
     outlined_images: dict[str, Dataset] = {}
     for _, _, outline_ in drawn:
         outlined_images.setdefault(str(outline_.source.SOPInstanceUID), outline_.source)
-    report = hd.sr.MeasurementReport(
-        observation_context=observation_context(),
-        procedure_reported=codes.fresh(codes.PROCEDURE_CT_CHEST),
-        imaging_measurements=groups,
-        language_of_content_item_and_descendants=hd.sr.LanguageOfContentItemAndDescendants(
-            hd.sr.CodedConcept("en-US", "RFC5646", "English (United States)")
-        ),
-        referenced_images=list(outlined_images.values()),
-    )
+    report = measurement_report(groups, referenced_images=list(outlined_images.values()))
     series_uid, sop_uid = viewer_sr_uids(uid_root)
     classes = [codes.class_code(result.classification.label)] if result.classification else []
     sr = comprehensive_3d_sr(
@@ -283,6 +275,7 @@ def build_viewer_sr(
         instance_number=VIEWER_SR_INSTANCE_NUMBER,
         predecessors=predecessors,
         uses_private_codes=codes.uses_private_scheme(*classes),
+        models=[lesion_model(result)],
     )
     logger.info("built viewer SR %s with %d lesion outline(s)", sop_uid, len(groups))
     return sr

@@ -2,7 +2,9 @@
 its web app (OHIF included) and headless Chromium driven by Playwright.
 
 The node runs as ``dicomnode serve`` (``tests/integration/node_process.py``) with the web app
-on, token authentication, and dcmtk ``storescp`` as the PACS its results are exported to.
+on, user authentication (a radiologist and an operator, added with ``dicomnode users add``; the
+machine token for programs), dcmtk ``storescp`` as the PACS its results are exported to and an
+Orthanc that receives the SRs (the radiologists' review SRs among them).
 A missing viewer, browser or peer fails the run with the command that fixes it.
 """
 
@@ -11,6 +13,8 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -23,6 +27,7 @@ from playwright.sync_api import Browser, ConsoleMessage, Page, sync_playwright
 
 from tests.integration.node_process import NodeProcess
 from tests.peers.dcmtk import StorescpPeer, storescu
+from tests.peers.orthanc import OrthancError, OrthancPeer, find_plugin
 from tests.peers.ports import free_port
 from tests.peers.processes import MissingPeerError, find_tool
 from tests.peers.studies import PreparedSeries
@@ -45,6 +50,8 @@ PIPELINE_SETTINGS = {
 SEG_SERIES_DESCRIPTION = "AI lung/lesion segmentation"
 REPORT_SERIES_DESCRIPTION = "AI chest CT measurement report"
 VIEWER_SR_SERIES_DESCRIPTION = "AI findings for viewers (outlines)"
+# The web users of the node: name -> (role, password).
+USERS = {"rita": ("radiologist", "rita-radiologist-pw"), "otto": ("operator", "otto-operator-pw")}
 
 _PHASE_REPORTS = pytest.StashKey[dict[str, pytest.TestReport]]()
 
@@ -67,10 +74,19 @@ class ProcessedStudy:
 
     node: NodeProcess
     base_url: str
-    token: str
+    token: str  # the machine token: read-only API, DICOMweb and /metrics, header only
     study_uid: str
     summary: dict[str, Any]
     results: dict[str, list[str]] = field(default_factory=dict)  # kind -> SOP Instance UIDs
+    orthanc: OrthancPeer | None = None  # receives every SR of the node
+
+    def login(self, page: Page, name: str = "otto") -> None:
+        """Sign ``page`` in as ``name`` through the login form."""
+        page.goto(f"{self.base_url}/login")
+        page.fill("#username", name)
+        page.fill("#password", USERS[name][1])
+        page.get_by_role("button", name="Log in").click()
+        page.wait_for_url(f"{self.base_url}/node/")
 
     @property
     def lesion_count(self) -> int:
@@ -103,6 +119,25 @@ def _finished_job(node: NodeProcess) -> tuple[str, str, str] | None:
     return None
 
 
+def _require_orthanc() -> None:
+    _require_tool("Orthanc")
+    try:
+        find_plugin("libOrthancDicomWeb.so")
+        find_plugin("libOrthancGdcm.so")
+    except OrthancError as exc:
+        pytest.fail(str(exc), pytrace=False)
+
+
+def _add_users(node: NodeProcess) -> None:
+    """The node's web users, added as an administrator would (``dicomnode users add``)."""
+    for name, (role, password) in USERS.items():
+        done = subprocess.run(
+            [sys.executable, "-m", "dicomnode", "users", "add", name, "--role", role,
+             "--password-stdin", "--config", str(node.config_path)],
+            input=password + "\n", capture_output=True, text=True, timeout=60, check=False)
+        assert done.returncode == 0, done.stderr
+
+
 @pytest.fixture(scope="session")
 def ohif_dist(repo_root: Path) -> Path:
     """The prebuilt OHIF viewer the node serves at ``/``."""
@@ -124,20 +159,27 @@ def processed_study(
     (SEG with lungs and lesions, SR, viewer SR, overlay) and exported every result."""
     for tool in ("storescu", "storescp", "echoscu"):
         _require_tool(tool)
+    _require_orthanc()
     work = tmp_path_factory.mktemp("browser-node")
     token = secrets.token_urlsafe(24)
     web_port = free_port()
-    with StorescpPeer(out_dir=work / "pacs") as pacs:
+    orthanc = OrthancPeer(work_dir=work / "orthanc", stop_grace_s=1.0)
+    orthanc.work_dir.mkdir()
+    with StorescpPeer(out_dir=work / "pacs") as pacs, orthanc:
         node = NodeProcess(
             work / "node",
             destinations=[{"name": "pacs", "ae_title": pacs.aet, "host": pacs.host,
-                           "port": pacs.port}],
+                           "port": pacs.port},
+                          {"name": "orthanc", "ae_title": orthanc.aet, "host": orthanc.host,
+                           "port": orthanc.dicom_port, "objects": ["SR"]}],
             sections={
-                "web": {"enabled": True, "host": "127.0.0.1", "port": web_port, "token": token,
-                        "ohif_dir": str(ohif_dist)},
+                "web": {"enabled": True, "host": "127.0.0.1", "port": web_port, "auth": "users",
+                        "token": token, "ohif_dir": str(ohif_dist),
+                        "base_url": f"http://127.0.0.1:{web_port}"},
                 "pipeline": PIPELINE_SETTINGS,
             },
         )
+        _add_users(node)
         with node:
             base_url = f"http://127.0.0.1:{web_port}"
             _wait_for_web(base_url, node)
@@ -155,7 +197,7 @@ def processed_study(
             yield ProcessedStudy(
                 node=node, base_url=base_url, token=token,
                 study_uid=covid_study.study_instance_uid, summary=json.loads(summary),
-                results=results,
+                results=results, orthanc=orthanc,
             )
 
 

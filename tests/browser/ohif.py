@@ -90,18 +90,16 @@ def wait_until(predicate: Callable[[], T | None], timeout_s: float, what: str,
         time.sleep(interval_s)
 
 
-def viewer_url(base_url: str, study_uid: str, token: str | None = None) -> str:
-    """OHIF's viewer route for one study; with ``token`` the node sets its session cookie."""
-    params = {"StudyInstanceUIDs": study_uid}
-    if token is not None:
-        params["token"] = token
-    return f"{base_url}/viewer?{urlencode(params)}"
+def viewer_url(base_url: str, study_uid: str) -> str:
+    """OHIF's viewer route for one study (no credential in it: the session cookie opens it)."""
+    return f"{base_url}/viewer?{urlencode({'StudyInstanceUIDs': study_uid})}"
 
 
-def open_viewer(page: Page, base_url: str, study_uid: str, token: str) -> float:
-    """Open the study in the viewer and wait for a drawn image; seconds until it was drawn."""
+def open_viewer(page: Page, base_url: str, study_uid: str) -> float:
+    """Open the study in the viewer of a signed-in page and wait for a drawn image; seconds
+    until it was drawn."""
     started = time.monotonic()
-    page.goto(viewer_url(base_url, study_uid, token), wait_until="domcontentloaded")
+    page.goto(viewer_url(base_url, study_uid), wait_until="domcontentloaded")
     wait_for_image(page)
     return time.monotonic() - started
 

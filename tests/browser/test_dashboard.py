@@ -1,6 +1,6 @@
 """The operators' pages in a real browser: the dashboard lists the processed study, its page
 shows the timeline from reception to export and opens the viewer, and nothing is shown
-without the token (login form for pages, 401 for programs).
+without signing in (login form for pages, 401 for programs).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import pytest
 from playwright.sync_api import Page
 
 from . import ohif
-from .conftest import ProcessedStudy
+from .conftest import USERS, ProcessedStudy
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration, pytest.mark.browser]
 
@@ -43,9 +43,9 @@ def test_dashboard_lists_the_processed_study(
     processed_study: ProcessedStudy, page: Page, shoot: Shoot
 ) -> None:
     study = processed_study
-    page.goto(f"{study.base_url}/node/?token={study.token}")
+    study.login(page, "otto")
+    page.goto(f"{study.base_url}/node/")
     assert urlsplit(page.url).path == "/node/"
-    assert "token=" not in page.url
     (sent,) = study.node.query("select count(*) from exports where state = 'sent'")[0]
     assert sent > 0
     assert _tile(page, "studies") == 1
@@ -68,7 +68,8 @@ def test_study_page_shows_timeline_and_opens_viewer(
     processed_study: ProcessedStudy, page: Page, shoot: Shoot
 ) -> None:
     study = processed_study
-    page.goto(f"{study.base_url}/node/studies/{study.study_uid}?token={study.token}")
+    study.login(page, "otto")
+    page.goto(f"{study.base_url}/node/studies/{study.study_uid}")
     assert urlsplit(page.url).path == f"/node/studies/{study.study_uid}"
     kinds = [k.strip() for k in page.locator("ol.timeline .event-kind").all_inner_texts()]
     for kind in TIMELINE_KINDS:
@@ -98,7 +99,7 @@ def test_study_page_shows_timeline_and_opens_viewer(
     assert _viewer_study(page.url.removeprefix(study.base_url)) == study.study_uid
 
 
-def test_nothing_without_the_token(processed_study: ProcessedStudy, page: Page,
+def test_nothing_without_signing_in(processed_study: ProcessedStudy, page: Page,
                                    shoot: Shoot) -> None:
     study = processed_study
     page.goto(f"{study.base_url}/node/")
@@ -114,12 +115,19 @@ def test_nothing_without_the_token(processed_study: ProcessedStudy, page: Page,
         max_redirects=0)
     assert viewer.status == 303 and viewer.headers["location"].startswith("/login?next=")
 
-    page.fill("#token", "not-the-token")
+    for path in ("/api/studies", "/metrics"):  # the machine token only in a header
+        assert page.request.get(f"{study.base_url}{path}?token={study.token}").status == 401
+        assert page.request.get(f"{study.base_url}{path}", headers={
+            "Authorization": f"Bearer {study.token}"}).status == 200
+
+    page.fill("#username", "otto")
+    page.fill("#password", "not-the-password")
     page.get_by_role("button", name="Log in").click()
-    assert page.get_by_text("That token is not valid.").count() == 1
+    assert page.get_by_text("Those credentials are not valid.").count() == 1
     shoot(page, "node-login-refused")
 
-    page.fill("#token", study.token)
+    page.fill("#username", "otto")
+    page.fill("#password", USERS["otto"][1])
     page.get_by_role("button", name="Log in").click()
     page.wait_for_url(f"{study.base_url}/node/")
     assert page.locator("section.panel", has_text="Studies").locator(

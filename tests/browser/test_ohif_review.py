@@ -51,9 +51,10 @@ def test_study_opens_and_seg_overlay_is_drawn(
     processed_study: ProcessedStudy, page: Page, shoot: Shoot
 ) -> None:
     study = processed_study
-    first_image_s = ohif.open_viewer(page, study.base_url, study.study_uid, study.token)
+    study.login(page, "rita")
+    first_image_s = ohif.open_viewer(page, study.base_url, study.study_uid)
     log.info("first image %.1f s after opening the viewer", first_image_s)
-    assert "token=" not in page.url, "the token must leave the address bar (cookie instead)"
+    assert "token=" not in page.url, "no credential in the address bar (session cookie)"
     shown = ohif.current_slice(page)
     assert shown is not None and shown[1] == study.summary["slices"]
     shoot(page, "ohif-study")
@@ -108,7 +109,8 @@ def test_viewer_sr_lists_one_measurement_per_lesion(
 ) -> None:
     study = processed_study
     _lesions_expected(study)
-    ohif.open_viewer(page, study.base_url, study.study_uid, study.token)
+    study.login(page, "rita")
+    ohif.open_viewer(page, study.base_url, study.study_uid)
     before = ohif.viewport_pixels(page)
 
     started = time.monotonic()
@@ -153,7 +155,8 @@ def test_volumetric_report_is_listed_and_its_viewport_recorded(
     no image coordinates, which OHIF 3.13's SR viewport cannot show (upstream issue #3390): what
     happens is recorded (screenshot, property ``volumetric_sr_viewport``), not asserted."""
     study = processed_study
-    ohif.open_viewer(page, study.base_url, study.study_uid, study.token)
+    study.login(page, "rita")
+    ohif.open_viewer(page, study.base_url, study.study_uid)
     assert ohif.series_thumbnail(page, REPORT_SERIES_DESCRIPTION).count() == 1
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))

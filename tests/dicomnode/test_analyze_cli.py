@@ -46,3 +46,18 @@ def test_analyze_real_study_with_the_default_models(tmp_path: Path) -> None:
     image_level = report.get_image_measurement_groups()  # the classification, one per class
     names = {m.name.meaning for g in image_level for m in g.get_measurements()}
     assert "Probability" in names
+
+
+def test_analyze_normal_study_whose_file_meta_repeats_one_placeholder_uid(tmp_path: Path) -> None:
+    normal = REPO.parent / "shared" / "data" / "covid-ct-md" / "series" / "Normal" / "normal002"
+    if not normal.is_dir():
+        pytest.fail(f"shared data missing: {normal}")
+    out = tmp_path / "out"
+    done = subprocess.run(
+        [sys.executable, "-m", "dicomnode", "analyze", str(normal), "--out", str(out)],
+        cwd=REPO, capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["slices"] == 167
+    assert 0.0 <= summary["classification"]["p_covid"] <= 1.0

@@ -219,3 +219,54 @@ def test_pipeline_refuses_absurd_dimensions_before_allocating() -> None:
         ds.Rows = ds.Columns = 60000  # the header alone; 2 x 60000^2 float32 would be 29 GB
     with pytest.raises(SeriesError, match="exceed the supported size"):
         _check_matrix(slices)
+
+
+def test_four_associations_at_once_share_commits_and_lose_nothing(receiver, sessions) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from dicomnode.db.models import Series
+
+    series = [ct_series(12) for _ in range(4)]
+
+    def send(datasets: list[Dataset]) -> list[int]:
+        ae = AE(ae_title="TESTSCU")
+        ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
+        assoc = ae.associate(receiver.host, receiver.port, ae_title=receiver.ae_title)
+        try:
+            return [int(assoc.send_c_store(ds).Status) for ds in datasets]
+        finally:
+            assoc.release()
+
+    with ThreadPoolExecutor(4) as pool:
+        statuses = list(pool.map(send, series))
+    assert statuses == [[0] * 12] * 4
+    with sessions() as session:
+        assert session.scalar(select(func.count()).select_from(Instance)) == 48
+        assert sorted(session.scalars(select(Series.instance_count))) == [12, 12, 12, 12]
+
+
+def test_group_commit_batch_records_each_row_once(sessions) -> None:
+    """The batch path (rows queued while another commit ran): new study and series created
+    once, a duplicate inside the batch reported as not inserted, counts right."""
+    from dicomnode.db.models import Series
+    from dicomnode.db.records import _Pending
+    from dicomnode.receiving.headers import instance_record
+
+    datasets = ct_series(3)
+    recs = [
+        instance_record(ds, sop_class_uid=CTImageStorage,
+                        transfer_syntax_uid=ExplicitVRLittleEndian, path=f"spool/{i}.dcm",
+                        size_bytes=1)
+        for i, ds in enumerate(datasets)
+    ]
+    recorder = InstanceRecorder(sessions)
+    batch = [_Pending(r) for r in (*recs, recs[0])]
+    recorder._commit(batch)
+    assert [(p.done, p.inserted, p.error) for p in batch] == [
+        (True, True, None), (True, True, None), (True, True, None), (True, False, None)
+    ]
+    with sessions() as session:
+        assert session.scalar(select(func.count()).select_from(Instance)) == 3
+        assert session.scalars(select(Series.instance_count)).all() == [3]
+        kinds = session.scalars(select(Event.kind)).all()
+        assert kinds.count("study-received") == 1 and kinds.count("series-received") == 1

@@ -38,6 +38,7 @@ class NodeProcess:
         work_dir: Path,
         *,
         destinations: Sequence[Mapping[str, Any]] = (),
+        sources: Sequence[Mapping[str, Any]] = (),
         sections: Mapping[str, Mapping[str, Any]] | None = None,
         ae_title: str = "CHESTCT",
     ) -> None:
@@ -69,10 +70,11 @@ class NodeProcess:
             lines.append(f"[{section}]")
             lines += [f"{k} = {_toml_value(v)}" for k, v in values.items()]
             lines.append("")
-        for dest in destinations:
-            lines.append("[[destinations]]")
-            lines += [f"{k} = {_toml_value(v)}" for k, v in dest.items()]
-            lines.append("")
+        for table, entries in (("destinations", destinations), ("sources", sources)):
+            for entry in entries:
+                lines.append(f"[[{table}]]")
+                lines += [f"{k} = {_toml_value(v)}" for k, v in entry.items()]
+                lines.append("")
         self.config_path.write_text("\n".join(lines))
         self.proc: subprocess.Popen[bytes] | None = None
 

@@ -92,8 +92,10 @@ def test_orthanc_sends_study_and_receives_seg_and_sr(orthanc, covid_study, tmp_p
         check_result_files(orthanc, results, tmp_path, covid_study)
         rows = node.query("select state, attempts from jobs")
         assert rows == [("done", 1)]
-        node.wait_for(lambda: not node.query("select 1 from exports where state != 'sent'"),
-                      RESULT_TIMEOUT_S, "every export sent")
+        # Orthanc knows the node's AE title, so it confirms by storage commitment.
+        node.wait_for(
+            lambda: not node.query("select 1 from exports where state != 'committed'"),
+            RESULT_TIMEOUT_S, "every export committed")
         per_kind = dict(node.query(
             "select r.kind, count(*) from exports e join result_objects r "
             "on e.result_object_id = r.id group by r.kind"))
@@ -108,7 +110,7 @@ def test_orthanc_sends_study_and_receives_seg_and_sr(orthanc, covid_study, tmp_p
             assert inst.sop_instance_uid.encode() in body
         kinds = [k for (k,) in node.query("select kind from events order by id")]
         for expected in ("study-received", "study-complete", "job-queued", "job-started",
-                         "job-done", "exported"):
+                         "job-done", "exported", "export-committed"):
             assert expected in kinds
 
 

@@ -47,21 +47,22 @@ def phantom_studies(root: Path, count: int) -> list[tuple[str, list[Path]]]:
 class RemoteWorker:
     """``python -m dicomnode worker --node-url ...`` in its own empty folder."""
 
-    def __init__(self, folder: Path, node_url: str) -> None:
+    def __init__(self, folder: Path, endpoints: list[str]) -> None:
         folder.mkdir(parents=True)
         self.folder = folder
         self.log_path = folder / "worker.log"
         config = folder / "worker.toml"
         config.write_text(
             "[pipeline]\nlung_segmentation = \"morphological\"\nclassifier = \"none\"\n"
-            "localize_lesions = false\nthreads = 1\n[worker]\npoll_interval_s = 0.2\n"
+            "localize_lesions = false\nthreads = 1\noverlay = false\n"
+            "[worker]\npoll_interval_s = 0.2\n"
         )
         env = {k: v for k, v in os.environ.items() if not k.startswith("DICOMNODE_")}
         env.update(PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1")
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "dicomnode", "worker", "--config", str(config),
-                 "--node-url", node_url, "--token", TOKEN, "--work-dir", str(folder / "scratch"),
+                 *endpoints, "--token", TOKEN, "--work-dir", str(folder / "scratch"),
                  "--heartbeat-s", "1"],
                 cwd=folder, env=env, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True,
@@ -109,7 +110,12 @@ def test_two_remote_workers_one_killed_every_study_gets_one_seg_and_one_sr(
     with node:
         try:
             url = f"http://127.0.0.1:{web_port}"
-            workers = [RemoteWorker(tmp_path / f"worker-{n}", url) for n in "ab"]
+            # a: the node's own shortcut; b: as a performer of any UPS-RS provider
+            workers = [
+                RemoteWorker(tmp_path / "worker-a", ["--node-url", url]),
+                RemoteWorker(tmp_path / "worker-b", ["--ups-url", f"{url}/dicom-web",
+                                                     "--stow-url", f"{url}/dicom-web"]),
+            ]
             for _study, files in studies:
                 sent = storescu(files, node.host, node.port, node.ae_title)
                 assert sent.returncode == 0, sent.stderr[-2000:]

@@ -273,7 +273,7 @@ def test_main_sr_content_tree(run: ResultRun) -> None:
     result = run.result
     root = sr.content[0]
     procedures = [item.value for item in _children(root, dicom_codes.DCM.ProcedureReported)]
-    assert procedures == [codes.PROCEDURE_CT_CHEST]
+    assert procedures == [codes.PROCEDURE_CT]
     assert _text(root, dicom_codes.DCM.DeviceObserverUID) == DEVICE_OBSERVER_UID
     assert _text(root, dicom_codes.DCM.DeviceObserverName) == DEVICE_OBSERVER_NAME
     by_id = {_text(g, dicom_codes.DCM.TrackingIdentifier): g for g in _groups(sr)}
@@ -302,14 +302,21 @@ def test_main_sr_content_tree(run: ResultRun) -> None:
         assert _num(group, codes.VOLUME) == pytest.approx(lesion.volume_ml, abs=1e-3)
         _assert_algorithm(group, localizer)
 
+    assert set(by_id) == {f"{s.side.capitalize()} lung" for s in result.lung_stats} | {
+        f"Lesion {lesion.number}" for lesion in result.lesions
+    }
+    evaluations = _children(root, codes.QUALITATIVE_EVALUATIONS)
     classification = result.classification
     if classification is not None:
+        [container] = evaluations
         for class_name, probability in classification.probabilities.items():
-            group = by_id[f"Classification {class_name}"]
-            assert _num(group, codes.PROBABILITY) == pytest.approx(probability, abs=1e-6)
-            _assert_algorithm(group, classification.model)
+            [item] = _children(container, codes.class_code(class_name))
+            expected = codes.PRESENT if class_name == classification.label else codes.ABSENT
+            assert item.value == expected
+            assert _num(item, codes.PROBABILITY) == pytest.approx(probability, abs=1e-6)
+        _assert_algorithm(container, classification.model)
     else:
-        assert not [name for name in by_id if name.startswith("Classification")]
+        assert evaluations == []
 
 
 def _assert_algorithm(group: Any, model: ModelInfo) -> None:

@@ -277,6 +277,29 @@ def test_repair_uids_maps_uuid_strings_and_fills_empty_ones() -> None:
     assert repeated.series_instance_uid == volume.series_instance_uid
 
 
+def test_a_file_meta_uid_repeated_across_files_is_not_trusted() -> None:
+    datasets = slice_datasets(_ramp_hu())
+    placeholder = "1.2.3.4.5.6.7"
+    for ds in datasets:
+        ds.SOPInstanceUID = ""
+        ds.file_meta.MediaStorageSOPInstanceUID = placeholder
+    volume = volume_from_datasets(datasets, repair_uids=True)
+    uids = [str(ds.SOPInstanceUID) for ds in volume.datasets]
+    assert len(set(uids)) == len(uids) and placeholder not in uids
+    assert all(is_valid_uid(uid) for uid in uids)
+
+
+def test_normal002_with_one_placeholder_file_meta_uid_reads(shared_data: Path) -> None:
+    folder = shared_data / "covid-ct-md" / "series" / "Normal" / "normal002"
+    files = sorted(folder.glob("*.dcm"))
+    metas = {str(pydicom.dcmread(f, stop_before_pixels=True).file_meta.get(
+        "MediaStorageSOPInstanceUID", "")) for f in files[:3]}
+    assert len(files) == 167 and len(metas) == 1  # the export's defect is still there
+    volume = read_series(files, repair_uids=True)
+    uids = {str(ds.SOPInstanceUID) for ds in volume.datasets}
+    assert len(uids) == volume.hu.shape[0] == 167
+
+
 def test_volume_from_array_geometry() -> None:
     volume = volume_from_array(np.zeros((3, 4, 5)), (2.5, 0.5, 0.75), (10.0, 20.0, 30.0))
     assert volume.index_to_lps([2, 3, 4])[0] == pytest.approx([10.0 + 3.0, 20.0 + 1.5, 35.0])

@@ -69,7 +69,8 @@ def test_sr_passes_dciodvfy_and_renders_with_dsrdump(written: tuple[Path, Path, 
     assert dciodvfy_errors(sr_path) == []
     text = dsrdump_text(sr_path)
     assert "Imaging Measurement Report" in text
-    assert "Computed tomography of chest" in text
+    assert "CT unspecified body region" in text
+    assert "Qualitative Evaluations" in text
     assert "Left lung" in text and "Lesion 2" in text
 
 
@@ -119,22 +120,31 @@ def test_sr_reads_back_with_the_lung_and_lesion_groups(
     assert finding.value == codes.LESION
 
 
-def test_sr_classification_groups_carry_probabilities(
+def _evaluations(sr: Any) -> dict[str, Any]:
+    """Items of the document-level Qualitative Evaluations container, by concept meaning."""
+    [container] = [
+        item for item in sr.content[0].ContentSequence
+        if item.name == codes.QUALITATIVE_EVALUATIONS
+    ]
+    return {item.name.meaning: item for item in container.ContentSequence}
+
+
+def test_sr_classification_is_a_study_level_evaluation_with_probabilities(
     written: tuple[Path, Path, object], phantom_result: StudyResult
 ) -> None:
     sr = hd.sr.srread(written[1])
-    groups = {
-        _texts(g, dicom_codes.DCM.TrackingIdentifier)[0]: g for g in _groups(sr)
-    }
-    covid = groups["Classification covid19"]
-    other = groups["Classification non-covid"]
+    # No measurement group without a region: only the lung and lesion groups remain.
+    identifiers = {_texts(g, dicom_codes.DCM.TrackingIdentifier)[0] for g in _groups(sr)}
+    assert identifiers == {"Left lung", "Right lung", "Lesion 1", "Lesion 2"}
+    items = _evaluations(sr)
+    covid = items[codes.PNEUMONIA_SARS_COV_2.meaning]
+    other = items[codes.NOT_COVID19_PNEUMONIA.meaning]
+    assert covid.name == codes.PNEUMONIA_SARS_COV_2 and covid.value == codes.PRESENT
+    assert other.value == codes.ABSENT
     assert _measurement(covid, codes.PROBABILITY) == pytest.approx(0.75)
     assert _measurement(other, codes.PROBABILITY) == pytest.approx(0.25)
-    assert _child(covid, dicom_codes.DCM.Finding)[0].value == codes.PNEUMONIA_SARS_COV_2
-    assert _child(covid, codes.PRESENCE_OF_PROPERTY)[0].value == codes.PRESENT
-    assert _child(other, codes.PRESENCE_OF_PROPERTY)[0].value == codes.ABSENT
-    names = {str(item.value) for item in _child(covid, dicom_codes.DCM.AlgorithmName)}
-    assert names == {"test-classifier"}
+    assert str(items["Algorithm Name"].value) == "test-classifier"
+    assert str(items["Algorithm Version"].value) == "0.0.1"
     # The private concept ("no COVID-19 pneumonia") is declared.
     schemes = [str(item.CodingSchemeDesignator) for item in sr.CodingSchemeIdentificationSequence]
     assert codes.PRIVATE_SCHEME in schemes
@@ -158,8 +168,10 @@ def test_sr_lists_predecessors_and_evidence(written: tuple[Path, Path, PriorRepo
 
 def test_sr_without_segments_reports_the_classification(phantom_result: StudyResult) -> None:
     sr = build_sr(phantom_result, None, (), UID_ROOT)
-    identifiers = [_texts(g, dicom_codes.DCM.TrackingIdentifier)[0] for g in _groups(sr)]
-    assert identifiers == ["Classification non-covid", "Classification covid19"]
+    assert _groups(sr) == []
+    items = _evaluations(sr)
+    expected = [codes.NOT_COVID19_PNEUMONIA.meaning, codes.PNEUMONIA_SARS_COV_2.meaning]
+    assert list(items)[:2] == expected
 
 
 def test_sr_with_nothing_to_report_is_refused(phantom_result: StudyResult) -> None:

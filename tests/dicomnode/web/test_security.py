@@ -150,3 +150,35 @@ def test_a_malformed_stored_file_gives_a_clear_error_on_frames(fresh_state: Node
                            "transfer-syntax=*"})
     assert 400 <= response.status_code < 600 and response.status_code != 500
     assert response.json()["detail"]
+
+
+def test_settings_refuse_bad_base_urls_and_model_refs() -> None:
+    import pytest
+
+    from dicomnode.config import load_settings
+    from dicomnode.errors import ConfigError
+
+    for bad in ({"web.base_url": "node.example.org"}, {"web.base_url": "https://h/x?y=1"},
+                {"pipeline.shadow_classifier": "decovnet"}, {"web.auth": "users2"}):
+        with pytest.raises(ConfigError):
+            load_settings(None, bad)
+    ok = load_settings(None, {"web.base_url": "https://node.example.org/ct",
+                              "pipeline.shadow_classifier": "decovnet@1.1.0-synthetic"})
+    assert ok.web.base_url == "https://node.example.org/ct"
+
+
+def test_same_origin_forms_pass_with_no_referrer_and_other_sites_do_not(
+    fresh_state: NodeState,
+) -> None:
+    """With Referrer-Policy no-referrer a browser sends Origin: null on same-origin form
+    posts; Sec-Fetch-Site tells the truth (scripts cannot set it)."""
+    otto = logged_in(users_app(fresh_state), "otto")
+    url = f"/node/jobs/{fresh_state.job_id}/requeue"
+    for site in ("same-site", "cross-site"):
+        refused = otto.post(url, headers={"Sec-Fetch-Site": site, "Origin": "null"},
+                            follow_redirects=False)
+        assert refused.status_code == 403
+    assert otto.post(url, headers={"Origin": "null"}, follow_redirects=False).status_code == 403
+    done = otto.post(url, headers={"Sec-Fetch-Site": "same-origin", "Origin": "null"},
+                     follow_redirects=False)
+    assert done.status_code == 303

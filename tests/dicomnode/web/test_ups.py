@@ -1,4 +1,5 @@
-"""UPS-RS worklist and STOW-RS results on the real web app, database and files.
+"""UPS-RS worklist and STOW-RS results on the real web app, database and files (the state
+machine and STOW-RS on SQLite and on a real PostgreSQL).
 
 The remote performer itself (``RemotePerformer`` with its DICOMweb client) runs against the
 app in-process, with the small SEG + SR processor of the web fixtures.
@@ -27,9 +28,10 @@ from dicomnode.db.workitems import job_id_of
 from dicomnode.jobs.assembler import Assembler
 from dicomnode.remote.client import DicomwebClient
 from dicomnode.remote.performer import PerformerSettings, RemotePerformer
+from dicomnode.remote.workitem import WorkitemError, read_assignment
 from dicomnode.web.app import create_app
 from dicomnode.web.multipart import MultipartError, MultipartReader, Part, encode_multipart
-from tests.dicomnode.conftest import ct_dataset
+from tests.dicomnode.conftest import both_backends, ct_dataset
 
 from .conftest import TOKEN, NodeState, SegAndSrProcessor, _study_attributes, store
 
@@ -114,6 +116,7 @@ def result_like(node: NodeState, study_uid: str, sop_uid: str) -> Dataset:
     return ds
 
 
+@both_backends
 def test_worklist_shows_only_the_queued_job_with_its_series(api: TestClient, node: NodeState
                                                             ) -> None:
     items = scheduled(api)
@@ -133,6 +136,7 @@ def test_worklist_shows_only_the_queued_job_with_its_series(api: TestClient, nod
     assert anonymous.status_code == 401
 
 
+@both_backends
 def test_state_machine_refuses_the_wrong_transaction(api: TestClient, node: NodeState) -> None:
     uid = uid_of(scheduled(api)[0])
     txn, other = generate_uid(), generate_uid()
@@ -158,6 +162,7 @@ def test_state_machine_refuses_the_wrong_transaction(api: TestClient, node: Node
     assert job.state == JobState.QUEUED and "remote:" in job.error
 
 
+@both_backends
 def test_expired_lease_returns_the_workitem_and_locks_out_the_old_holder(
     api: TestClient, node: NodeState
 ) -> None:
@@ -182,6 +187,7 @@ def the_job_study(api: TestClient, uid: str) -> str:
     return api.get(f"/dicom-web/workitems/{uid}").json()[0]["0020000D"]["Value"][0]
 
 
+@both_backends
 def test_stow_accepts_results_of_the_holder_only_and_is_idempotent(
     api: TestClient, node: NodeState
 ) -> None:
@@ -292,3 +298,22 @@ def test_multipart_reader_any_chunking() -> None:
         truncated.finish()
     with pytest.raises(MultipartError):
         MultipartReader(boundary, lambda _h: Sink([]), max_bytes=100).feed(body)
+
+
+def test_a_workitem_of_another_provider_is_read_with_standard_attributes_only() -> None:
+    ds = Dataset()
+    ds.SOPInstanceUID = "2.25.42"
+    prior, images = Dataset(), Dataset()
+    prior.StudyInstanceUID = images.StudyInstanceUID = "1.2.3"
+    prior.SeriesInstanceUID, images.SeriesInstanceUID = "1.2.3.9", "1.2.3.4"
+    ref = Dataset()
+    ref.ReferencedSOPClassUID, ref.ReferencedSOPInstanceUID = "1.2.840.10008.5.1.4.1.1.88.34", "9.9"
+    prior.ReferencedSOPSequence = [ref]
+    ds.InputInformationSequence = [prior, images]
+    assignment = read_assignment(ds, "http://pacs/dicom-web")
+    assert assignment.retrieve_url == "http://pacs/dicom-web/studies/1.2.3/series/1.2.3.4"
+    assert assignment.uid_root == "2.25.42"  # the same for every performer of the workitem
+    assert [p.sop_instance_uid for p in assignment.predecessors] == ["9.9"]
+    ds.InputInformationSequence = [prior]
+    with pytest.raises(WorkitemError):
+        read_assignment(ds, "http://pacs/dicom-web")
