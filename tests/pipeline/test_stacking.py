@@ -34,7 +34,8 @@ from pipeline.writers.overlay import OverlayRenderer, write_overlay
 from pipeline.writers.seg import write_seg
 from pipeline.writers.slice_numbers import viewer_positions
 from pipeline.writers.sr import write_sr
-from tests.pipeline.conftest import dciodvfy_errors, make_phantom, make_result, slice_datasets
+from tests.peers.dicom3tools import dciodvfy_errors
+from tests.pipeline.conftest import make_phantom, make_result, slice_datasets
 
 SHAPE = (14, 96, 96)
 SPACING_MM = (8.0, 2.5, 2.5)
