@@ -292,7 +292,7 @@ def cmd_requeue(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     _engine, sessions = open_database(settings.database_url)
-    queue = JobQueue(sessions, max_attempts=settings.worker.max_attempts)
+    queue = JobQueue.configured(sessions, settings.worker)
     refused = 0
     for job_id in args.job_ids:
         try:

@@ -45,11 +45,9 @@ def _meta_instance_uid(ds: Dataset) -> str:
     return str(meta.get("MediaStorageSOPInstanceUID", "") or "")
 
 
-def _repair_uid_attributes(datasets: list[Dataset]) -> int:
-    if not datasets:
-        return 0
-    changed = 0
-    first = datasets[0]
+def _series_level_uids(first: Dataset) -> tuple[str, str, str]:
+    """(study, series, frame of reference) UIDs of the series: the valid ones kept, the others
+    derived from stable header attributes."""
     study_keys = [str(first.get(k, "") or "") for k in (
         "PatientID", "StudyDate", "StudyTime", "AccessionNumber", "StudyID",
         "FrameOfReferenceUID",
@@ -67,6 +65,40 @@ def _repair_uid_attributes(datasets: list[Dataset]) -> int:
     frame_uid = str(first.get("FrameOfReferenceUID", "") or "")
     if not is_valid_uid(frame_uid):
         frame_uid = _repaired(frame_uid, "frame-of-reference", series_uid)
+    return study_uid, series_uid, frame_uid
+
+
+def _repair_instance(ds: Dataset, series_uid: str, meta_counts: Counter[str]) -> int:
+    """Fill the SOP Class UID and repair the SOP Instance UID of one instance; the count."""
+    changed = 0
+    meta = ds.file_meta if hasattr(ds, "file_meta") else FileMetaDataset()
+    if not str(ds.get("SOPClassUID", "") or ""):
+        ds.SOPClassUID = str(meta.get("MediaStorageSOPClassUID", "") or CTImageStorage)
+        changed += 1
+    sop_uid = str(ds.get("SOPInstanceUID", "") or "")
+    if not is_valid_uid(sop_uid):
+        meta_uid = _meta_instance_uid(ds)
+        # A file-meta UID shared by several files is a placeholder, not an identity.
+        if is_valid_uid(meta_uid) and not sop_uid and meta_counts[meta_uid] == 1:
+            ds.SOPInstanceUID = meta_uid
+        else:
+            position = "\\".join(str(v) for v in ds.get("ImagePositionPatient", []) or [])
+            ds.SOPInstanceUID = _repaired(
+                sop_uid, "instance", series_uid, ds.get("InstanceNumber", ""),
+                ds.get("AcquisitionNumber", ""), position,
+            )
+        changed += 1
+    if hasattr(ds, "file_meta"):
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    return changed
+
+
+def _repair_uid_attributes(datasets: list[Dataset]) -> int:
+    if not datasets:
+        return 0
+    changed = 0
+    study_uid, series_uid, frame_uid = _series_level_uids(datasets[0])
     meta_counts = Counter(_meta_instance_uid(ds) for ds in datasets)
     for ds in datasets:
         for keyword, value in (
@@ -77,26 +109,7 @@ def _repair_uid_attributes(datasets: list[Dataset]) -> int:
             if str(ds.get(keyword, "") or "") != value:
                 setattr(ds, keyword, value)
                 changed += 1
-        meta = ds.file_meta if hasattr(ds, "file_meta") else FileMetaDataset()
-        if not str(ds.get("SOPClassUID", "") or ""):
-            ds.SOPClassUID = str(meta.get("MediaStorageSOPClassUID", "") or CTImageStorage)
-            changed += 1
-        sop_uid = str(ds.get("SOPInstanceUID", "") or "")
-        if not is_valid_uid(sop_uid):
-            meta_uid = _meta_instance_uid(ds)
-            # A file-meta UID shared by several files is a placeholder, not an identity.
-            if is_valid_uid(meta_uid) and not sop_uid and meta_counts[meta_uid] == 1:
-                ds.SOPInstanceUID = meta_uid
-            else:
-                position = "\\".join(str(v) for v in ds.get("ImagePositionPatient", []) or [])
-                ds.SOPInstanceUID = _repaired(
-                    sop_uid, "instance", series_uid, ds.get("InstanceNumber", ""),
-                    ds.get("AcquisitionNumber", ""), position,
-                )
-            changed += 1
-        if hasattr(ds, "file_meta"):
-            ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-            ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+        changed += _repair_instance(ds, series_uid, meta_counts)
     sop_uids = [str(ds.SOPInstanceUID) for ds in datasets]
     if len(set(sop_uids)) != len(sop_uids):
         raise SeriesError("repaired SOP Instance UIDs are not unique (duplicate instances?)")

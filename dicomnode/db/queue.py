@@ -19,6 +19,7 @@ from pydicom.uid import generate_uid
 from sqlalchemy import ColumnElement, and_, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from dicomnode.config import WorkerSettings
 from dicomnode.contracts import EventKind, PriorReport, ResultFile, ResultKind
 from dicomnode.db.models import (
     Export,
@@ -77,6 +78,13 @@ class JobQueue:
         self._sessions = sessions
         self._max_attempts = max_attempts
         self._backoff = backoff
+
+    @classmethod
+    def configured(cls, sessions: sessionmaker[Session], worker: WorkerSettings) -> JobQueue:
+        """The queue with the ``[worker]`` attempts and retry backoff."""
+        backoff = RetryBackoff(worker.backoff_initial_s, worker.backoff_factor,
+                               worker.backoff_max_s)
+        return cls(sessions, max_attempts=worker.max_attempts, backoff=backoff)
 
     def _runnable(self, now: datetime) -> ColumnElement[bool]:
         """Queued and past its backoff, or running with an expired lease (its worker died)."""

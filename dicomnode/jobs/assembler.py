@@ -25,7 +25,7 @@ from dicomnode.db import studies as db
 from dicomnode.db.models import JobState, SeriesState, utcnow
 from dicomnode.db.records import add_event
 from dicomnode.jobs.expected_counts import CountQueryError, compare, expected_counts
-from dicomnode.jobs.selection import choose_series
+from dicomnode.jobs.selection import SeriesAssessment, choose_series
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +107,26 @@ class Assembler:
             add_event(session, study_id, EventKind.COUNTS_MATCHED, f"{source.name}: {check.detail}")
             return self._evaluate(session, study_id, now)
 
+    def _still_waiting(
+        self, session: Session, study_id: int, chosen: SeriesAssessment, waited_s: float
+    ) -> bool:
+        """True while the chosen series may still receive its missing instance numbers (said
+        once on the timeline); after the wait, say it is analysed without them."""
+        missing = ", ".join(str(n) for n in chosen.missing_instance_numbers[:20])
+        if waited_s < self._settings.node.max_wait_for_missing_s:
+            if study_id not in self._waiting:
+                self._waiting.add(study_id)
+                add_event(
+                    session, study_id, EventKind.WAITING,
+                    f"series {chosen.series_instance_uid} lacks instance numbers {missing}",
+                )
+            return True
+        add_event(
+            session, study_id, EventKind.INCOMPLETE,
+            f"analysing series {chosen.series_instance_uid} without instances {missing}",
+        )
+        return False
+
     def _evaluate(self, session: Session, study_id: int, now: datetime) -> int | None:
         snap = db.load_study(session, study_id)
         selection = choose_series(snap.candidates, self._settings.selection)
@@ -127,21 +147,10 @@ class Assembler:
             log.info("study %s: no analysable series", snap.study_instance_uid)
             db.mark_evaluated(session, study_id, snap.last_received_at)
             return None
-        if chosen.missing_instance_numbers:
-            waited_s = (now - snap.last_received_at).total_seconds()
-            missing = ", ".join(str(n) for n in chosen.missing_instance_numbers[:20])
-            if waited_s < self._settings.node.max_wait_for_missing_s:
-                if study_id not in self._waiting:
-                    self._waiting.add(study_id)
-                    add_event(
-                        session, study_id, EventKind.WAITING,
-                        f"series {chosen.series_instance_uid} lacks instance numbers {missing}",
-                    )
-                return None
-            add_event(
-                session, study_id, EventKind.INCOMPLETE,
-                f"analysing series {chosen.series_instance_uid} without instances {missing}",
-            )
+        if chosen.missing_instance_numbers and self._still_waiting(
+            session, study_id, chosen, (now - snap.last_received_at).total_seconds()
+        ):
+            return None
         self._waiting.discard(study_id)
         series_id = snap.series_ids[chosen.series_instance_uid]
         sop_uids = snap.sop_uids[chosen.series_instance_uid]

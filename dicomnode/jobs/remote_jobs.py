@@ -28,7 +28,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from dicomnode.config import Settings
 from dicomnode.contracts import ResultFile, ResultKind
 from dicomnode.db.models import Job, JobState, ResultObject, Study, utcnow
-from dicomnode.db.queue import JobQueue, RetryBackoff
+from dicomnode.db.queue import JobQueue
 from dicomnode.db.workitems import find_job, held_by, remote_owner, ups_state
 from dicomnode.receiving.storage import Storage, is_valid_uid
 from dicomnode.remote.workitem import Report
@@ -79,9 +79,7 @@ class RemoteJobs:
         self._settings = settings
         self._sessions = sessions
         self._storage = storage
-        w = settings.worker
-        backoff = RetryBackoff(w.backoff_initial_s, w.backoff_factor, w.backoff_max_s)
-        self.queue = JobQueue(sessions, max_attempts=w.max_attempts, backoff=backoff)
+        self.queue = JobQueue.configured(sessions, settings.worker)
 
     def results_dir(self, job_id: int) -> Path:
         return self._storage.outbox_dir(job_id) / REMOTE_DIR

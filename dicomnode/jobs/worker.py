@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from dicomnode.config import Settings
 from dicomnode.contracts import ProcessRequest, ResultFile, ResultKind, is_retryable
 from dicomnode.db.leases import release_dead_local_leases
-from dicomnode.db.queue import JobQueue, JobTicket, RetryBackoff
+from dicomnode.db.queue import JobQueue, JobTicket
 from dicomnode.errors import safe_message
 from dicomnode.jobs.processing import Processor
 from dicomnode.receiving.storage import Storage
@@ -45,9 +45,7 @@ class Worker:
         self._settings = settings
         self._storage = storage
         self._processor = processor
-        w = settings.worker
-        backoff = RetryBackoff(w.backoff_initial_s, w.backoff_factor, w.backoff_max_s)
-        self._queue = JobQueue(sessions, max_attempts=w.max_attempts, backoff=backoff)
+        self._queue = JobQueue.configured(sessions, settings.worker)
         self._sessions = sessions
         self.owner = owner or worker_id()
 

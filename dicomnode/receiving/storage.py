@@ -160,33 +160,31 @@ class Storage:
         chunks = [data] if isinstance(data, bytes) else list(data)
         if self._prepare(path):
             return self.write_atomic(path, chunks)
-        size = 0
         try:
-            with open(path, "wb") as fh:
-                for chunk in chunks:
-                    fh.write(chunk)
-                    size += len(chunk)
-                fh.flush()
-                if self.fsync:
-                    os.fdatasync(fh.fileno())
+            size = self._write_file(path, chunks)
         except OSError as exc:
             path.unlink(missing_ok=True)
             raise _storage_error(exc, path) from exc
+        return size
+
+    def _write_file(self, path: Path, chunks: Iterable[bytes | memoryview]) -> int:
+        """Write ``chunks`` to ``path`` (data synced when ``fsync``); return the byte count."""
+        size = 0
+        with open(path, "wb") as fh:
+            for chunk in chunks:
+                fh.write(chunk)
+                size += len(chunk)
+            fh.flush()
+            if self.fsync:
+                os.fdatasync(fh.fileno())
         return size
 
     def write_atomic(self, path: Path, chunks: Iterable[bytes | memoryview]) -> int:
         """Write ``chunks`` to ``path`` atomically and durably; return the byte count."""
         self._prepare(path)
         tmp = self.root / TMP_DIR / f"{uuid.uuid4().hex}.part"
-        size = 0
         try:
-            with open(tmp, "wb") as fh:
-                for chunk in chunks:
-                    fh.write(chunk)
-                    size += len(chunk)
-                fh.flush()
-                if self.fsync:
-                    os.fdatasync(fh.fileno())
+            size = self._write_file(tmp, chunks)
             os.replace(tmp, path)
             if self.fsync:
                 _fsync_dir(path.parent)

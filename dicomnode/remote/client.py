@@ -18,7 +18,7 @@ from typing import Any, BinaryIO
 import httpx
 from pydicom import Dataset
 
-from dicomnode.remote.multipart import MultipartError, MultipartReader, boundary_of
+from dicomnode.web.multipart import MultipartError, MultipartReader, boundary_of
 
 log = logging.getLogger(__name__)
 

@@ -7,6 +7,8 @@ Times are UTC in ISO 8601 with a ``Z``. No patient names: the database holds non
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -86,7 +88,7 @@ def retry_job_exports(ctx: WebContext, session: Session, job_id: int, destinatio
 def requeue_job(ctx: WebContext, session: Session, job_id: int) -> JobView:
     """Run a failed or finished job again; refused while a worker holds it."""
     release(session)
-    queue = JobQueue(ctx.sessions, max_attempts=ctx.settings.worker.max_attempts)
+    queue = JobQueue.configured(ctx.sessions, ctx.settings.worker)
     if not queue.requeue(job_id):  # LookupError when there is no such job
         raise ActionRefusedError(f"job {job_id} is running")
     view = job_detail(session, job_id)
@@ -155,20 +157,28 @@ def exports(
     return {"limit": limit, "offset": offset, "exports": plain(rows)}
 
 
-@router.post("/exports/{export_id}/retry")
-def retry(export_id: int, request: Request, session: SessionDep, ctx: CtxDep) -> dict[str, Any]:
-    """Operator action: send the export again now (state back to pending, attempts to 0)."""
-    who = require_role(request, *OPERATOR_ROLES)
+@contextmanager
+def _as_http_errors() -> Iterator[None]:
+    """An operator action's refusals as HTTP errors: 404 for what is not there, 409 for what
+    its state does not allow."""
     try:
-        view = retry_export(ctx, session, export_id)
-        release(session)
-        record_action(ctx.sessions, who.name, "export-retry", f"export {export_id} sent again",
-                      export_id=export_id)
-        return {"export": plain(view)}
+        yield
     except LookupError as exc:
         raise HTTPException(status_code=404, detail=str(exc)) from exc
     except ActionRefusedError as exc:
         raise HTTPException(status_code=409, detail=str(exc)) from exc
+
+
+@router.post("/exports/{export_id}/retry")
+def retry(export_id: int, request: Request, session: SessionDep, ctx: CtxDep) -> dict[str, Any]:
+    """Operator action: send the export again now (state back to pending, attempts to 0)."""
+    who = require_role(request, *OPERATOR_ROLES)
+    with _as_http_errors():
+        view = retry_export(ctx, session, export_id)
+        release(session)
+        record_action(ctx.sessions, who.name, "export-retry", f"export {export_id} sent again",
+                      export_id=export_id)
+    return {"export": plain(view)}
 
 
 @router.post("/jobs/{job_id}/exports/retry")
@@ -178,16 +188,12 @@ def retry_exports(
 ) -> dict[str, Any]:
     """Operator action: send every failed export of the job to ``destination`` again now."""
     who = require_role(request, *OPERATOR_ROLES)
-    try:
+    with _as_http_errors():
         count = retry_job_exports(ctx, session, job_id, destination)
         release(session)
         record_action(ctx.sessions, who.name, "export-retry",
                       f"{count} failed export(s) of job {job_id} to {destination[:64]} sent again",
                       job_id=job_id)
-    except LookupError as exc:
-        raise HTTPException(status_code=404, detail=str(exc)) from exc
-    except ActionRefusedError as exc:
-        raise HTTPException(status_code=409, detail=str(exc)) from exc
     return {"job_id": job_id, "destination": destination, "queued": count}
 
 
@@ -195,13 +201,9 @@ def retry_exports(
 def requeue(job_id: int, request: Request, session: SessionDep, ctx: CtxDep) -> dict[str, Any]:
     """Operator action: queue the job again (same result UIDs, same result objects)."""
     who = require_role(request, *OPERATOR_ROLES)
-    try:
+    with _as_http_errors():
         view = requeue_job(ctx, session, job_id)
         release(session)
         record_action(ctx.sessions, who.name, "job-requeue", f"job {job_id} queued again",
                       job_id=job_id)
-        return {"job": plain(view)}
-    except LookupError as exc:
-        raise HTTPException(status_code=404, detail=str(exc)) from exc
-    except ActionRefusedError as exc:
-        raise HTTPException(status_code=409, detail=str(exc)) from exc
+    return {"job": plain(view)}

@@ -33,9 +33,9 @@ from starlette.types import Scope
 
 from dicomnode.jobs.remote_jobs import RemoteJobs, StoredResult, WorkitemConflictError
 from dicomnode.receiving.storage import TMP_DIR, is_valid_uid
-from dicomnode.remote.multipart import MultipartError, MultipartReader, boundary_of
 from dicomnode.web.context import WebContext, dicomweb_base, get_ctx
 from dicomnode.web.dicomjson import to_json
+from dicomnode.web.multipart import MultipartError, MultipartReader, boundary_of
 
 log = logging.getLogger(__name__)
 

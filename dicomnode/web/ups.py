@@ -110,7 +110,7 @@ def retrieve_workitem(uid: str, request: Request, session: SessionDep, ctx: CtxD
     release(session)
     if view is None:
         raise HTTPException(404, "no such workitem here")
-    queue = JobQueue(ctx.sessions, max_attempts=ctx.settings.worker.max_attempts)
+    queue = JobQueue.configured(ctx.sessions, ctx.settings.worker)
     priors = queue.prior_reports(view.study_id, view.job_id)
     ds = workitem_dataset(_facts(view, priors), dicomweb_base(request))
     return Response(json.dumps([to_json(ds)]), media_type=DICOM_JSON)

@@ -13,18 +13,12 @@ from dicomnode.web.dicomweb.common import (
     UNCOMPRESSED,
     CtxDep,
     SessionDep,
+    multipart_response,
     stored_objects,
     stored_syntax,
 )
 from dicomnode.web.frames import FrameError, read_bulk, read_frames
-from dicomnode.web.multipart import (
-    MediaRange,
-    Part,
-    iter_multipart,
-    multipart_content_type,
-    new_boundary,
-    parse_accept,
-)
+from dicomnode.web.multipart import MediaRange, Part, parse_accept
 
 # PS3.18 table 8.7.3-5: media types of compressed frames.
 IMAGE_MEDIA_TYPES = {
@@ -112,9 +106,7 @@ def retrieve_frames(
         Part(f"{OCTET_STREAM}; transfer-syntax={f.transfer_syntax_uid}", data=f.data)
         for f in found
     ]
-    boundary = new_boundary()
-    body = b"".join(iter_multipart(parts, boundary))
-    return Response(body, media_type=multipart_content_type(OCTET_STREAM, boundary))
+    return multipart_response(parts, OCTET_STREAM)
 
 
 @router.get("/studies/{study}/series/{series}/instances/{sop}/bulk/{tag}")
@@ -145,6 +137,4 @@ def retrieve_bulk(
     ranges = parse_accept(request.headers.get("accept"))
     if ranges and ranges[0].media_type == OCTET_STREAM:
         return Response(value, media_type=ctype)
-    boundary = new_boundary()
-    body = b"".join(iter_multipart([Part(ctype, data=value)], boundary))
-    return Response(body, media_type=multipart_content_type(OCTET_STREAM, boundary))
+    return multipart_response([Part(ctype, data=value)], OCTET_STREAM)

@@ -4,9 +4,11 @@ lookup of stored objects and their headers."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Annotated
 
 from fastapi import Depends, HTTPException
+from fastapi.responses import Response
 from pydicom import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
@@ -16,6 +18,7 @@ from dicomnode.db.queries.catalog import StoredObject, catalog_instances
 from dicomnode.receiving.storage import is_valid_uid
 from dicomnode.web.context import WebContext, get_ctx, get_session, release
 from dicomnode.web.dicomjson import HeaderCache, transfer_syntax_of
+from dicomnode.web.multipart import Part, iter_multipart, multipart_content_type, new_boundary
 
 log = logging.getLogger("dicomnode.web.dicomweb")
 
@@ -59,3 +62,10 @@ def stored_syntax(ctx: WebContext, obj: StoredObject) -> str:
     if header is None:
         raise HTTPException(status_code=404, detail=f"stored file of {obj.sop_instance_uid} lost")
     return transfer_syntax_of(header)
+
+
+def multipart_response(parts: Sequence[Part], part_type: str) -> Response:
+    """A multipart/related response of in-memory parts of ``part_type``."""
+    boundary = new_boundary()
+    body = b"".join(iter_multipart(parts, boundary))
+    return Response(body, media_type=multipart_content_type(part_type, boundary))

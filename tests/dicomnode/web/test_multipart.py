@@ -1,5 +1,6 @@
 """The node's one multipart/related codec (``dicomnode.web.multipart``) against an independent
-implementation: the standard library's ``email`` package, in both directions."""
+implementation: the standard library's ``email`` package, in both directions (the incremental
+reader fed in small chunks too)."""
 
 from __future__ import annotations
 
@@ -10,13 +11,17 @@ from email.mime.application import MIMEApplication
 from email.mime.multipart import MIMEMultipart
 from pathlib import Path
 
+import pytest
+
 from dicomnode.web.multipart import (
+    MultipartError,
+    MultipartReader,
     Part,
     boundary_of,
     encode_multipart,
     multipart_content_type,
     new_boundary,
-    split_multipart,
+    read_multipart,
 )
 from tests.peers.multipart import parse_multipart
 
@@ -64,7 +69,35 @@ def test_what_the_email_package_writes_the_node_splits() -> None:
         message.attach(part)
     head, _, body = message.as_bytes(policy=email.policy.HTTP).partition(b"\r\n\r\n")
     content_type = head.decode("ascii").split("\r\n")[0].partition(":")[2].strip()
-    split = split_multipart(body, boundary_of(content_type))
+    split = read_multipart(body, boundary_of(content_type))
     assert [payload for _, payload in split] == data
     assert [h["content-location"] for h, _ in split] == ["/instances/0", "/instances/1"]
     assert all(h["content-type"] == "application/dicom" for h, _ in split)
+
+
+def test_the_incremental_reader_agrees_with_the_email_parser_chunk_by_chunk() -> None:
+    data = _awkward_payloads()
+    boundary = new_boundary()
+    body = encode_multipart([Part("application/dicom", data=d) for d in data], boundary)
+    expected = parse_multipart(body, multipart_content_type("application/dicom", boundary))
+    parts: list[bytearray] = []
+
+    class Sink:
+        def __init__(self) -> None:
+            parts.append(bytearray())
+
+        def write(self, chunk: bytes) -> None:
+            parts[-1].extend(chunk)
+
+        def close(self) -> None:
+            pass
+
+    reader = MultipartReader(boundary, lambda headers: Sink())
+    for start in range(0, len(body), 7):  # chunks that split delimiters and headers
+        reader.feed(body[start:start + 7])
+    assert reader.finish() == len(data)
+    assert [bytes(p) for p in parts] == [payload for _, payload in expected] == data
+    with pytest.raises(MultipartError, match="closing boundary"):
+        truncated = MultipartReader(boundary, lambda headers: Sink())
+        truncated.feed(body[:-10])
+        truncated.finish()

@@ -27,11 +27,10 @@ from dicomnode.db.records import InstanceRecorder
 from dicomnode.db.workitems import job_id_of
 from dicomnode.jobs.assembler import Assembler
 from dicomnode.remote.client import DicomwebClient
-from dicomnode.remote.multipart import MultipartError, MultipartReader
 from dicomnode.remote.performer import PerformerSettings, RemotePerformer
 from dicomnode.remote.workitem import WorkitemError, read_assignment
 from dicomnode.web.app import create_app
-from dicomnode.web.multipart import Part, encode_multipart
+from dicomnode.web.multipart import MultipartError, MultipartReader, Part, encode_multipart
 from tests.dicomnode.conftest import both_backends, ct_dataset
 
 from .conftest import TOKEN, NodeState, SegAndSrProcessor, _study_attributes, store
