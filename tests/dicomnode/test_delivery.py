@@ -208,3 +208,13 @@ def test_status_and_metrics_tell_sent_from_committed(tmp_path, settings, session
                             capture_output=True, text=True, timeout=120)
     assert "exports committed/sent/pending/failed" in status.stdout
     assert " 2/0/0/0 " in status.stdout, status.stdout
+
+
+def test_objects_for_a_removed_destination_fail_visibly(settings, sessions, storage,
+                                                       queued_job) -> None:
+    add_results(sessions, storage.root, queued_job, ["SEG"], ["gone"])
+    exporter = exporter_for(settings, sessions, storage, [])
+    assert exporter.run_once() == 0
+    with sessions() as session:
+        (export,) = session.scalars(select(Export)).all()
+    assert export.state.value == "failed" and "no longer configured" in export.last_error
