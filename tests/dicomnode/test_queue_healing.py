@@ -4,6 +4,7 @@ SQLite and on a real PostgreSQL server."""
 
 from __future__ import annotations
 
+import subprocess
 import threading
 from dataclasses import replace
 from datetime import timedelta
@@ -11,6 +12,7 @@ from datetime import timedelta
 from pydicom.uid import generate_uid
 from sqlalchemy import select
 
+from dicomnode.db.leases import release_dead_local_leases
 from dicomnode.db.models import Event, Job, JobState, Series, Study, utcnow
 from dicomnode.db.queue import JobQueue, RetryBackoff
 from dicomnode.db.records import InstanceRecorder
@@ -18,8 +20,9 @@ from dicomnode.errors import safe_message
 from dicomnode.jobs.assembler import Assembler
 from dicomnode.jobs.worker import Worker
 
-from .conftest import both_backends, det_uid
+from .conftest import both_backends, ct_series, det_uid
 from .test_assembler_and_queue import later, record_series
+from .test_receiver import _store
 
 CLAIM_THREADS = 6
 JOBS = 24
@@ -137,3 +140,33 @@ def test_concurrent_claims_take_each_job_exactly_once(sessions) -> None:
         owners = dict(session.execute(select(Job.id, Job.lease_owner)).all())
         assert all(session.get_one(Job, i).attempts == 1 for i in ids)
     assert {job: owner for owner, job in claimed} == owners
+
+
+@both_backends
+def test_a_resend_over_dicom_requeues_the_failed_job(settings, sessions, receiver) -> None:
+    series = ct_series(45)
+    assert {s.Status for s in _store(receiver, series)} == {0}
+    asm = Assembler(sessions, settings)
+    (job_id,) = asm.evaluate_due(later())
+    q = JobQueue(sessions, max_attempts=1)
+    assert q.claim("w:1", lease_s=60) is not None
+    assert q.fail(job_id, "w:1", "OSError: disk full", retry=True) == JobState.FAILED
+    assert {s.Status for s in _store(receiver, series[:3])} == {0}  # duplicates, acknowledged
+    assert asm.evaluate_due(later(120)) == [job_id]
+    with sessions() as session:
+        assert session.get_one(Job, job_id).state == JobState.QUEUED
+        assert session.scalar(select(Series.instance_count)) == 45
+
+
+@both_backends
+def test_a_dead_local_workers_lease_is_released(sessions, queued_job) -> None:
+    gone = subprocess.Popen(["true"])  # a process that has exited (and was reaped)
+    gone.wait()
+    dead_pid = gone.pid
+    q = JobQueue(sessions, max_attempts=3)
+    assert q.claim(f"thishost:{dead_pid}", lease_s=600) is not None
+    assert q.claim("thishost:1", lease_s=600) is None  # leased, not expired
+    assert release_dead_local_leases(sessions, "otherhost") == 0
+    assert release_dead_local_leases(sessions, "thishost") == 1
+    ticket = q.claim("thishost:1", lease_s=600)
+    assert ticket is not None and ticket.job_id == queued_job and ticket.attempt == 2
