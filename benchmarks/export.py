@@ -2,7 +2,8 @@
 
 Each run queues one job's results (a SEG, an SR and N overlay images of 512 x 512 RGB, the size
 the overlay writer produces for a CT) and times the exporter until every object is stored, for
-several ``max_associations``. No confirmation: this is the C-STORE path alone.
+several ``max_associations``. No confirmation: this is the C-STORE path alone. dcmtk's
+storescu sending the same files on one association is the reference row.
 
     python -m benchmarks.export [--objects 130] [--associations 1,2,4] [--repeats 2]
 """
@@ -27,6 +28,7 @@ from dicomnode.db.exports import ExportLog
 from dicomnode.db.models import Export, ExportState, Job, Series, Study
 from dicomnode.delivering.exporter import Exporter
 from tests.dicomnode.results_factory import add_results
+from tests.peers.dcmtk import storescu
 from tests.peers.orthanc import OrthancPeer
 
 STUDY_UID = "1.2.826.0.1.3680043.10.1400.1"
@@ -82,6 +84,18 @@ def one_run(work: Path, objects: int, associations: int) -> float:
     return total / elapsed
 
 
+def storescu_run(work: Path, objects: int) -> float:
+    """The reference: dcmtk storescu (C, one association) sending the same files."""
+    _sessions, data = _queue_job(work, objects)
+    with OrthancPeer(work_dir=work / "orthanc", stop_grace_s=1.0) as pacs:
+        started = time.perf_counter()
+        sent = storescu(data / "outbox", pacs.host, pacs.dicom_port, pacs.aet)
+        elapsed = time.perf_counter() - started
+        if sent.returncode != 0 or pacs.instance_count() != objects + 2:
+            raise RuntimeError(f"storescu failed: {sent.stderr[-500:]}")
+    return (objects + 2) / elapsed
+
+
 def _sent(session: Session) -> int:
     return int(session.scalar(
         select(func.count()).select_from(Export).where(Export.state == ExportState.SENT)) or 0)
@@ -101,6 +115,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 rates.append(one_run(Path(tmp), args.objects, n))
         rows.append([str(n), f"{statistics.median(rates):.1f}", f"{min(rates):.1f}",
                      f"{max(rates):.1f}"])
+    rates = []
+    for _ in range(args.repeats):
+        with tempfile.TemporaryDirectory(prefix="export-bench-") as tmp:
+            rates.append(storescu_run(Path(tmp), args.objects))
+    rows.append(["dcmtk storescu, 1 (reference)", f"{statistics.median(rates):.1f}",
+                 f"{min(rates):.1f}", f"{max(rates):.1f}"])
     print(machine_line())
     print(f"{args.objects} overlay images (512x512 RGB) + SEG + SR to Orthanc, "
           f"{args.repeats} runs each\n")

@@ -275,11 +275,17 @@ def cmd_retry_export(args: argparse.Namespace) -> int:
         raise SystemExit("--job needs --destination")
     _engine, sessions = open_database(settings.database_url)
     log = ExportLog(sessions)
+    from dicomnode.review.cli import audit_cli_action
+
     for export_id in args.export_ids:
         log.retry(export_id)
+        audit_cli_action(sessions, "export-retry", f"export {export_id} sent again",
+                         export_id=export_id)
         print(f"export {export_id} queued again")
     if args.job is not None:
         count = log.retry_failed(args.job, args.destination)
+        audit_cli_action(sessions, "export-retry", f"{count} failed export(s) of job "
+                         f"{args.job} to {args.destination} sent again", job_id=args.job)
         print(f"{count} failed export(s) of job {args.job} to {args.destination} queued again")
         if count == 0:
             return 1
@@ -293,6 +299,8 @@ def cmd_requeue(args: argparse.Namespace) -> int:
     settings = _settings(args)
     _engine, sessions = open_database(settings.database_url)
     queue = JobQueue.configured(sessions, settings.worker)
+    from dicomnode.review.cli import audit_cli_action
+
     refused = 0
     for job_id in args.job_ids:
         try:
@@ -302,6 +310,7 @@ def cmd_requeue(args: argparse.Namespace) -> int:
             refused += 1
             continue
         if queued:
+            audit_cli_action(sessions, "job-requeue", f"job {job_id} queued again", job_id=job_id)
             print(f"job {job_id} queued again")
         else:
             print(f"error: job {job_id} is running; not queued again", file=sys.stderr)

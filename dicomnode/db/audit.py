@@ -34,8 +34,11 @@ def record_action(
     with sessions() as session, session.begin():
         if job_id is None and export_id is not None:
             job_id = job_of_export(session, export_id)
+        study_id = _study_of_job(session, job_id)
+        if study_id is None:
+            job_id = None  # no such job: the message still names it
         session.add(Event(
-            study_id=_study_of_job(session, job_id), job_id=job_id,
+            study_id=study_id, job_id=job_id,
             kind=f"action-{action}"[:32], message=f"{actor}: {message}"[:2000],
         ))
 

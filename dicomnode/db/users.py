@@ -77,11 +77,14 @@ class UserStore:
 
     def __init__(
         self, sessions: sessionmaker[Session], session_lifetime_s: float,
-        token_user: str | None = None,
+        token_user: str | None = None, hasher: PasswordHasher = _HASHER,
     ) -> None:
         """``token_user``: with ``[web] auth = "token"``, the name of sessions opened with
-        the shared token (they have no user row and act as admin); None refuses them."""
+        the shared token (they have no user row and act as admin); None refuses them.
+        ``hasher`` hashes new passwords (argon2-cffi's defaults; verification reads the
+        parameters from each stored hash)."""
         self._sessions = sessions
+        self._hasher = hasher
         self._lifetime = timedelta(seconds=session_lifetime_s)
         self._token_user = token_user
 
@@ -90,7 +93,7 @@ class UserStore:
         with self._sessions() as session, session.begin():
             if session.scalar(select(WebUser.id).where(WebUser.name == name)) is not None:
                 raise UserError(f"user {name!r} exists already (remove it first)")
-            session.add(WebUser(name=name, role=role, password_hash=_HASHER.hash(password)))
+            session.add(WebUser(name=name, role=role, password_hash=self._hasher.hash(password)))
 
     def remove(self, name: str) -> bool:
         """Delete the user and end their sessions; False when there was no such user."""

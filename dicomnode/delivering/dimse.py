@@ -22,7 +22,7 @@ from pynetdicom.association import Association
 
 from dicomnode.config import Destination, ExportSettings
 from dicomnode.db.exports import ExportTicket
-from dicomnode.receiving.scp import DUL_POLL_INTERVAL_S, set_tcp_nodelay
+from dicomnode.receiving.scp import set_tcp_nodelay
 
 log = logging.getLogger(__name__)
 
@@ -70,9 +70,10 @@ def associate(
         tls_args=client_tls(destination),
     )
     if assoc.is_established:
+        # pynetdicom's default DUL poll (1 ms) is kept: with several associations the
+        # receiver's 0.2 ms made the idle reactor threads compete for the GIL, and it was not
+        # faster in benchmarks/export.py here.
         set_tcp_nodelay(getattr(assoc.dul.socket, "socket", None))
-        if hasattr(assoc.dul, "_run_loop_delay"):  # see receiving/scp.py
-            assoc.dul._run_loop_delay = DUL_POLL_INTERVAL_S
     return assoc
 
 

@@ -61,6 +61,15 @@ def cmd_models_promote(args: argparse.Namespace) -> int:
     return 0 if decision.promoted else 1
 
 
+def audit_cli_action(sessions: Any, action: str, message: str, *, job_id: int | None = None,
+                     export_id: int | None = None) -> None:
+    """An action taken on the command line, in the audit trail under the login name."""
+    from dicomnode.db.audit import record_action
+
+    record_action(sessions, f"{getpass.getuser()} (cli)", action, message, job_id=job_id,
+                  export_id=export_id)
+
+
 def add_commands(sub: Any, with_config: WithConfig) -> None:
     """Append the ``users`` and ``models`` command groups to the ``dicomnode`` parser."""
     users = sub.add_parser("users", help="web users (with [web] auth = 'users')")

@@ -2,8 +2,8 @@
 
 The listening socket is bound in the caller's thread, so a port already in use fails
 ``start_web_server`` at once with a clear error instead of killing a thread later. Uvicorn does
-not configure logging here (the CLI does) and keeps no access log: the query strings of viewer
-links may carry the login token.
+not configure logging here (the CLI does) and keeps no access log: query strings may carry
+search terms (QIDO-RS matching on patient attributes).
 """
 
 from __future__ import annotations

@@ -58,7 +58,7 @@ def test_a_radiologist_records_a_verdict_that_reaches_orthanc(
     shoot(page, "node-verdict-form")
     form.get_by_role("button", name="Record verdict").click()
     page.wait_for_url(f"**/node/studies/{study.study_uid}?*")
-    assert page.get_by_text("Verdict on job").count() == 1
+    assert page.locator(".notice-ok", has_text="recorded; its review SR is queued").count() == 1
     assert page.locator(".verdict").filter(has_text="Verdict by rita").count() == 1
 
     deadline = time.monotonic() + ORTHANC_TIMEOUT_S

@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 from pydicom import dcmread
 
 from dicomnode.db.records import InstanceRecorder
@@ -17,6 +18,8 @@ from training.datasets.public import NON_COVID_LABEL, load_scan, read_labelled_f
 from .conftest import NodeState, _study_attributes, store
 from .test_verdicts import _with_lesions
 from .users import logged_in, users_app
+
+pytestmark = pytest.mark.slow
 
 
 def _seg_segment_is_lesion_1(state: NodeState) -> None:

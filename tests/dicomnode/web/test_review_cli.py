@@ -82,3 +82,14 @@ def test_a_shadow_at_least_as_good_is_promoted(fresh_state: NodeState, tmp_path:
     assert active_classifier(fresh_state.sessions) == "cnn-bert@2"
     with fresh_state.sessions() as s:
         assert s.scalars(select(ActiveClassifier.forced)).one() is False
+
+
+def test_command_line_actions_are_audited(fresh_state: NodeState, tmp_path: Path) -> None:
+    config = _config(fresh_state, tmp_path)
+    assert main(["requeue", str(fresh_state.job_id), "--config", config]) == 0
+    assert main(["retry-export", str(fresh_state.export_ids["failed"]), "--config", config]) == 0
+    with fresh_state.sessions() as s:
+        rows = s.execute(select(Event.kind, Event.message, Event.job_id)
+                         .where(Event.kind.like("action-%"))).all()
+    assert {kind for kind, _m, _j in rows} == {"action-job-requeue", "action-export-retry"}
+    assert all(" (cli): " in message and job == fresh_state.job_id for _k, message, job in rows)

@@ -6,6 +6,7 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
+from argon2 import PasswordHasher
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
@@ -15,6 +16,8 @@ from dicomnode.web.app import create_app
 
 from .conftest import NodeState
 
+# Cheap Argon2id parameters keep the tests quick; the node hashes with the library's defaults.
+FAST_HASHER = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
 MACHINE_TOKEN = "machine-token-0123456789abcdef"
 PASSWORDS = {
     "rita": ("radiologist", "rita-password-1"),
@@ -25,7 +28,7 @@ PASSWORDS = {
 
 def users_app(state: NodeState) -> FastAPI:
     """The web app of ``state`` with ``auth = "users"``, the machine token and three users."""
-    store = UserStore(state.sessions, 3600)
+    store = UserStore(state.sessions, 3600, hasher=FAST_HASHER)
     known = {u.name for u in store.list()}
     for name, (role, password) in PASSWORDS.items():
         if name not in known:
