@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session, aliased, sessionmaker
 from dicomnode.contracts import EventKind
 from dicomnode.db.models import Export, ExportState, Job, ResultObject, Study, utcnow
 from dicomnode.db.records import add_event
+from dicomnode.db.rowcopy import record_from
 
 
 @dataclass(frozen=True)
@@ -31,17 +32,7 @@ OVERLAY = "OVERLAY"
 
 
 def _ticket(e: Export, r: ResultObject, study_uid: str) -> ExportTicket:
-    return ExportTicket(
-        export_id=e.id,
-        destination=e.destination,
-        path=r.path,
-        kind=r.kind,
-        sop_class_uid=r.sop_class_uid,
-        sop_instance_uid=r.sop_instance_uid,
-        attempts=e.attempts,
-        series_instance_uid=r.series_instance_uid,
-        study_instance_uid=study_uid,
-    )
+    return record_from(ExportTicket, e, r, export_id=e.id, study_instance_uid=study_uid)
 
 
 class ExportLog:

@@ -33,6 +33,7 @@ from dicomnode.db.models import (
     utcnow,
 )
 from dicomnode.db.records import add_event
+from dicomnode.db.rowcopy import record_from
 
 log = logging.getLogger(__name__)
 
@@ -167,14 +168,8 @@ class JobQueue:
             session, job.study_id, EventKind.JOB_STARTED,
             f"attempt {job.attempts} by {owner}", job_id=job.id,
         )
-        return JobTicket(
-            job_id=job.id,
-            study_id=job.study_id,
-            study_instance_uid=study.study_instance_uid,
-            series_instance_uid=series.series_instance_uid,
-            attempt=job.attempts,
-            uid_root=job.uid_root,
-            files=files,
+        return record_from(
+            JobTicket, job, study, series, job_id=job.id, attempt=job.attempts, files=files
         )
 
     def heartbeat(self, job_id: int, owner: str, lease_s: float) -> bool:

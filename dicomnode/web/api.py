@@ -7,10 +7,11 @@ Times are UTC in ISO 8601 with a ``Z``. No patient names: the database holds non
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from sqlalchemy.orm import Session
@@ -31,11 +32,13 @@ MAX_PAGE = 1000
 OPERATOR_ROLES = ("operator", "admin")  # who may retry exports and requeue jobs
 
 router = APIRouter(prefix="/api", tags=["api"])
+log = logging.getLogger(__name__)
 
 SessionDep = Annotated[Session, Depends(get_session)]
 CtxDep = Annotated[WebContext, Depends(get_ctx)]
 Limit = Annotated[int, Query(ge=1, le=MAX_PAGE)]
 Offset = Annotated[int, Query(ge=0)]
+T = TypeVar("T")
 
 
 def iso(value: datetime | None) -> str | None:
@@ -59,7 +62,18 @@ class ActionRefusedError(Exception):
     """An operator action that does not apply to the object's current state."""
 
 
-def retry_export(ctx: WebContext, session: Session, export_id: int) -> ExportView:
+def _audit(
+    ctx: WebContext, session: Session, actor: str, action: str, message: str,
+    *, job_id: int | None = None, export_id: int | None = None,
+) -> None:
+    """After an operator action succeeded: end the request's read transaction, then write the
+    audit event and the log line (both say what was done and by which role, never to whom)."""
+    release(session)
+    record_action(ctx.sessions, actor, action, message, job_id=job_id, export_id=export_id)
+    log.info("%s by an operator", message)
+
+
+def retry_export(ctx: WebContext, session: Session, export_id: int, actor: str) -> ExportView:
     """Send a failed (or already sent) export again; refused while it is being sent."""
     state = export_state(session, export_id)
     if state is None:
@@ -71,10 +85,14 @@ def retry_export(ctx: WebContext, session: Session, export_id: int) -> ExportVie
     view = export_view(session, export_id)
     if view is None:
         raise LookupError(f"export {export_id} not found")
+    _audit(ctx, session, actor, "export-retry", f"export {export_id} sent again",
+           export_id=export_id)
     return view
 
 
-def retry_job_exports(ctx: WebContext, session: Session, job_id: int, destination: str) -> int:
+def retry_job_exports(
+    ctx: WebContext, session: Session, job_id: int, destination: str, actor: str
+) -> int:
     """Send every failed export of a job to ``destination`` again; refused when none failed."""
     if job_state(session, job_id) is None:
         raise LookupError(f"job {job_id} not found")
@@ -82,10 +100,13 @@ def retry_job_exports(ctx: WebContext, session: Session, job_id: int, destinatio
     count = ExportLog(ctx.sessions).retry_failed(job_id, destination)
     if count == 0:
         raise ActionRefusedError(f"job {job_id} has no failed export to {destination}")
+    _audit(ctx, session, actor, "export-retry",
+           f"{count} failed export(s) of job {job_id} to {destination[:64]} sent again",
+           job_id=job_id)
     return count
 
 
-def requeue_job(ctx: WebContext, session: Session, job_id: int) -> JobView:
+def requeue_job(ctx: WebContext, session: Session, job_id: int, actor: str) -> JobView:
     """Run a failed or finished job again; refused while a worker holds it."""
     release(session)
     queue = JobQueue.configured(ctx.sessions, ctx.settings.worker)
@@ -94,7 +115,15 @@ def requeue_job(ctx: WebContext, session: Session, job_id: int) -> JobView:
     view = job_detail(session, job_id)
     if view is None:
         raise LookupError(f"job {job_id} not found")
+    _audit(ctx, session, actor, "job-requeue", f"job {job_id} queued again", job_id=job_id)
     return view
+
+
+def found(value: T | None, what: str) -> T:
+    """``value``, or a 404 "<what> not found" when the query found nothing."""
+    if value is None:
+        raise HTTPException(status_code=404, detail=f"{what} not found")
+    return value
 
 
 @router.get("/counts")
@@ -113,18 +142,13 @@ def studies(session: SessionDep, limit: Limit = 50, offset: Offset = 0) -> dict[
 @router.get("/studies/{study_uid}")
 def study(study_uid: str, session: SessionDep) -> dict[str, Any]:
     """One study: summary, series with skip reasons, jobs with results and exports, timeline."""
-    detail = study_detail(session, study_uid)
-    if detail is None:
-        raise HTTPException(status_code=404, detail="study not found")
-    return plain(detail)
+    return plain(found(study_detail(session, study_uid), "study"))
 
 
 @router.get("/studies/{study_uid}/timeline")
 def timeline(study_uid: str, session: SessionDep) -> dict[str, Any]:
     """The study's events, oldest first: received, complete, job, each export."""
-    events = study_timeline(session, study_uid)
-    if events is None:
-        raise HTTPException(status_code=404, detail="study not found")
+    events = found(study_timeline(session, study_uid), "study")
     return {"study_instance_uid": study_uid, "events": plain(events)}
 
 
@@ -139,10 +163,7 @@ def jobs(
 
 @router.get("/jobs/{job_id}")
 def job(job_id: int, session: SessionDep) -> dict[str, Any]:
-    view = job_detail(session, job_id)
-    if view is None:
-        raise HTTPException(status_code=404, detail="job not found")
-    return plain(view)
+    return plain(found(job_detail(session, job_id), "job"))
 
 
 @router.get("/exports")
@@ -174,10 +195,7 @@ def retry(export_id: int, request: Request, session: SessionDep, ctx: CtxDep) ->
     """Operator action: send the export again now (state back to pending, attempts to 0)."""
     who = require_role(request, *OPERATOR_ROLES)
     with _as_http_errors():
-        view = retry_export(ctx, session, export_id)
-        release(session)
-        record_action(ctx.sessions, who.name, "export-retry", f"export {export_id} sent again",
-                      export_id=export_id)
+        view = retry_export(ctx, session, export_id, who.name)
     return {"export": plain(view)}
 
 
@@ -189,11 +207,7 @@ def retry_exports(
     """Operator action: send every failed export of the job to ``destination`` again now."""
     who = require_role(request, *OPERATOR_ROLES)
     with _as_http_errors():
-        count = retry_job_exports(ctx, session, job_id, destination)
-        release(session)
-        record_action(ctx.sessions, who.name, "export-retry",
-                      f"{count} failed export(s) of job {job_id} to {destination[:64]} sent again",
-                      job_id=job_id)
+        count = retry_job_exports(ctx, session, job_id, destination, who.name)
     return {"job_id": job_id, "destination": destination, "queued": count}
 
 
@@ -202,8 +216,5 @@ def requeue(job_id: int, request: Request, session: SessionDep, ctx: CtxDep) -> 
     """Operator action: queue the job again (same result UIDs, same result objects)."""
     who = require_role(request, *OPERATOR_ROLES)
     with _as_http_errors():
-        view = requeue_job(ctx, session, job_id)
-        release(session)
-        record_action(ctx.sessions, who.name, "job-requeue", f"job {job_id} queued again",
-                      job_id=job_id)
+        view = requeue_job(ctx, session, job_id, who.name)
     return {"job": plain(view)}

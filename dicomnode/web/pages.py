@@ -8,6 +8,7 @@ value; the forms post to this origin only (see ``dicomnode.web.auth``).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -21,7 +22,6 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from dicomnode import __version__
-from dicomnode.db.audit import record_action
 from dicomnode.db.dashboard import study_extras
 from dicomnode.db.models import utcnow
 from dicomnode.db.queries.counts import totals
@@ -182,21 +182,29 @@ def _back(target: str | None, study_uid: str, **params: str) -> Response:
     return RedirectResponse(url, status_code=303)
 
 
+def _operator_action(
+    request: Request, next_url: str | None, act: Callable[[str], tuple[str, dict[str, str]]]
+) -> Response:
+    """Run one operator button's action as the signed-in operator (the action audits and logs
+    itself); back to the page the button was pressed on, with the notice ``act`` returns (with
+    its study page as the default page) or the refusal's reason."""
+    who = require_role(request, *OPERATOR_ROLES)
+    try:
+        study_uid, notice = act(who.name)
+    except (LookupError, ActionRefusedError) as exc:
+        return _back(next_url, "", notice="refused", reason=str(exc))
+    return _back(next_url, study_uid, **notice)
+
+
 @router.post("/node/exports/{export_id}/retry")
 def retry_form(
     export_id: int, request: Request, session: SessionDep, ctx: CtxDep, next_url: NextUrl = None
 ) -> Response:
     """The retry button of a failed export; back to the page it was pressed on."""
-    who = require_role(request, *OPERATOR_ROLES)
-    try:
-        view = retry_export(ctx, session, export_id)
-    except (LookupError, ActionRefusedError) as exc:
-        return _back(next_url, "", notice="refused", reason=str(exc))
-    release(session)
-    record_action(ctx.sessions, who.name, "export-retry", f"export {export_id} sent again",
-                  export_id=export_id)
-    log.info("export %d queued again by an operator", export_id)
-    return _back(next_url, view.study_instance_uid, notice="export-retried", id=str(export_id))
+    def act(actor: str) -> tuple[str, dict[str, str]]:
+        view = retry_export(ctx, session, export_id, actor)
+        return view.study_instance_uid, {"notice": "export-retried", "id": str(export_id)}
+    return _operator_action(request, next_url, act)
 
 
 @router.post("/node/jobs/{job_id}/retry-exports")
@@ -205,18 +213,10 @@ def retry_exports_form(
     session: SessionDep, ctx: CtxDep, next_url: NextUrl = None,
 ) -> Response:
     """The "retry all" button of a job's failed exports to one destination."""
-    who = require_role(request, *OPERATOR_ROLES)
-    try:
-        count = retry_job_exports(ctx, session, job_id, destination)
-    except (LookupError, ActionRefusedError) as exc:
-        return _back(next_url, "", notice="refused", reason=str(exc))
-    release(session)
-    record_action(ctx.sessions, who.name, "export-retry",
-                  f"{count} failed export(s) of job {job_id} to {destination[:64]} sent again",
-                  job_id=job_id)
-    log.info("%d failed export(s) of job %d to %s queued again by an operator", count, job_id,
-             destination)
-    return _back(next_url, "", notice="exports-retried", id=str(job_id), count=str(count))
+    def act(actor: str) -> tuple[str, dict[str, str]]:
+        count = retry_job_exports(ctx, session, job_id, destination, actor)
+        return "", {"notice": "exports-retried", "id": str(job_id), "count": str(count)}
+    return _operator_action(request, next_url, act)
 
 
 @router.post("/node/jobs/{job_id}/requeue")
@@ -224,16 +224,10 @@ def requeue_form(
     job_id: int, request: Request, session: SessionDep, ctx: CtxDep, next_url: NextUrl = None
 ) -> Response:
     """The requeue button of a failed or finished job."""
-    who = require_role(request, *OPERATOR_ROLES)
-    try:
-        view = requeue_job(ctx, session, job_id)
-    except (LookupError, ActionRefusedError) as exc:
-        return _back(next_url, "", notice="refused", reason=str(exc))
-    release(session)
-    record_action(ctx.sessions, who.name, "job-requeue", f"job {job_id} queued again",
-                  job_id=job_id)
-    log.info("job %d queued again by an operator", job_id)
-    return _back(next_url, view.study_instance_uid, notice="job-requeued", id=str(job_id))
+    def act(actor: str) -> tuple[str, dict[str, str]]:
+        view = requeue_job(ctx, session, job_id, actor)
+        return view.study_instance_uid, {"notice": "job-requeued", "id": str(job_id)}
+    return _operator_action(request, next_url, act)
 
 
 @router.get("/login", response_class=HTMLResponse)

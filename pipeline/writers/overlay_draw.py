@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from pipeline.preprocessing import Box, bounding_box
 from pipeline.types import Classification, Lesion, ModelInfo, StudyResult
 from pipeline.writers import render
 from pipeline.writers.seg import LEFT_LUNG_RGB, LESION_RGB, RIGHT_LUNG_RGB, lung_model
@@ -39,16 +40,10 @@ LESION_OUTLINE_RGB: render.RGB = LESION_RGB[0]
 
 
 @dataclass(frozen=True)
-class _LesionBox:
+class _LesionBox(Box):
     """A lesion with its bounding box (z0..z1, y0..y1, x0..x1, ends exclusive)."""
 
     lesion: Lesion
-    z0: int
-    z1: int
-    y0: int
-    y1: int
-    x0: int
-    x1: int
     label: render.Stamp
 
 
@@ -130,11 +125,11 @@ class OverlayRenderer:
         mask = lesion.mask
         if mask.shape != self._result.volume.shape:
             raise ValueError(f"lesion {lesion.number} mask shape {mask.shape} != volume shape")
-        z0, z1 = extent(mask.any(axis=(1, 2)))
-        y0, y1 = extent(mask[z0:z1].any(axis=(0, 2)))
-        x0, x1 = extent(mask[z0:z1].any(axis=(0, 1)))
+        box = bounding_box(mask)
+        if box is None:
+            raise ValueError(f"lesion {lesion.number} has an empty mask")
         label = render.text_stamp([(str(lesion.number), LESION_OUTLINE_RGB)], self._label_face)
-        return _LesionBox(lesion, z0, z1, y0, y1, x0, x1, label)
+        return _LesionBox(box.z0, box.z1, box.y0, box.y1, box.x0, box.x1, lesion, label)
 
     def render_slice(self, z: int, *, annotate: bool = True) -> render.RgbImage:
         """RGB overlay of slice ``z``; ``annotate`` adds the text, legend and side labels."""

@@ -14,10 +14,12 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import highdicom as hd
 import numpy as np
 import numpy.typing as npt
+from highdicom.sr import CodedConcept
 from pydicom.dataset import Dataset
 from pydicom.valuerep import format_number_as_ds
 
@@ -154,20 +156,31 @@ def lesion_model(result: StudyResult) -> ModelInfo:
     return ModelInfo("lesion-localizer", "unknown")
 
 
+def _segment(
+    plan: SegmentPlan, model: ModelInfo, prop: tuple[CodedConcept, CodedConcept],
+    rgb: tuple[int, int, int], **extra: Any,
+) -> hd.seg.SegmentDescription:
+    """One automatic segment: ``prop`` is the segmented property (category, type)."""
+    category, property_type = prop
+    return hd.seg.SegmentDescription(
+        segment_number=plan.number,
+        segment_label=plan.label,
+        segmented_property_category=codes.fresh(category),
+        segmented_property_type=codes.fresh(property_type),
+        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+        algorithm_identification=algorithm_identification(model),
+        tracking_id=plan.tracking_id,
+        tracking_uid=plan.tracking_uid,
+        display_color=hd.color.CIELabColor.from_rgb(*rgb),
+        **extra,
+    )
+
+
 def _description(plan: SegmentPlan, result: StudyResult) -> hd.seg.SegmentDescription:
     if plan.kind == "lung":
-        model = lung_model(result)
         rgb = LEFT_LUNG_RGB if plan.side == "left" else RIGHT_LUNG_RGB
-        description = hd.seg.SegmentDescription(
-            segment_number=plan.number,
-            segment_label=plan.label,
-            segmented_property_category=codes.fresh(codes.ANATOMICAL_STRUCTURE),
-            segmented_property_type=codes.fresh(codes.LUNG),
-            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
-            algorithm_identification=algorithm_identification(model),
-            tracking_id=plan.tracking_id,
-            tracking_uid=plan.tracking_uid,
-            display_color=hd.color.CIELabColor.from_rgb(*rgb),
+        description = _segment(
+            plan, lung_model(result), (codes.ANATOMICAL_STRUCTURE, codes.LUNG), rgb
         )
         # Laterality as a modifier of the property type (PS3.3 C.8.20.2, CID 244).
         property_type = description.SegmentedPropertyTypeCodeSequence[0]
@@ -175,19 +188,10 @@ def _description(plan: SegmentPlan, result: StudyResult) -> hd.seg.SegmentDescri
             codes.fresh(codes.LATERALITY_CODES[plan.side])
         ]
         return description
-    model = lesion_model(result)
-    rgb = LESION_RGB[(plan.number - 1) % len(LESION_RGB)]
-    description = hd.seg.SegmentDescription(
-        segment_number=plan.number,
-        segment_label=plan.label,
-        segmented_property_category=codes.fresh(codes.MORPHOLOGICALLY_ABNORMAL_STRUCTURE),
-        segmented_property_type=codes.fresh(codes.LESION),
-        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
-        algorithm_identification=algorithm_identification(model),
-        tracking_id=plan.tracking_id,
-        tracking_uid=plan.tracking_uid,
+    description = _segment(
+        plan, lesion_model(result), (codes.MORPHOLOGICALLY_ABNORMAL_STRUCTURE, codes.LESION),
+        LESION_RGB[(plan.number - 1) % len(LESION_RGB)],
         anatomic_regions=[codes.fresh(codes.LUNG)],
-        display_color=hd.color.CIELabColor.from_rgb(*rgb),
     )
     description.AnatomicRegionSequence[0].AnatomicRegionModifierSequence = [
         codes.fresh(codes.LATERALITY_CODES.get(plan.side, codes.BILATERAL))

@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import highdicom as hd
+from highdicom.sr import CodedConcept
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes as dicom_codes
 
@@ -129,6 +130,29 @@ def _mean_hu(mean_hu: float) -> hd.sr.Measurement | None:
     )
 
 
+def _roi_group(
+    plan: SegmentPlan, seg: hd.seg.Segmentation, model: ModelInfo,
+    finding: tuple[CodedConcept, CodedConcept], laterality: CodedConcept,
+    measurements: list[hd.sr.Measurement],
+) -> hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations:
+    """TID 1411 for one segment of the SEG: ``finding`` is (category, type), the site is the
+    lung on the ``laterality`` side."""
+    category, finding_type = finding
+    return hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(
+            uid=plan.tracking_uid, identifier=plan.label
+        ),
+        referenced_segment=referenced_segment(seg, plan.number),
+        finding_category=codes.fresh(category),
+        finding_type=codes.fresh(finding_type),
+        finding_sites=[
+            hd.sr.FindingSite(codes.fresh(codes.LUNG), laterality=codes.fresh(laterality))
+        ],
+        algorithm_id=algorithm_identification(model),
+        measurements=measurements,
+    )
+
+
 def _lung_group(
     plan: SegmentPlan, stats: LungStats, seg: hd.seg.Segmentation, model: ModelInfo
 ) -> hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations:
@@ -144,21 +168,9 @@ def _lung_group(
                 unit=codes.fresh(codes.UNIT_PERCENT),
             )
         )
-    return hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
-        tracking_identifier=hd.sr.TrackingIdentifier(
-            uid=plan.tracking_uid, identifier=plan.label
-        ),
-        referenced_segment=referenced_segment(seg, plan.number),
-        finding_category=codes.fresh(codes.ANATOMICAL_STRUCTURE),
-        finding_type=codes.fresh(codes.LUNG),
-        finding_sites=[
-            hd.sr.FindingSite(
-                codes.fresh(codes.LUNG),
-                laterality=codes.fresh(codes.LATERALITY_CODES[plan.side]),
-            )
-        ],
-        algorithm_id=algorithm_identification(model),
-        measurements=measurements,
+    return _roi_group(
+        plan, seg, model, (codes.ANATOMICAL_STRUCTURE, codes.LUNG),
+        codes.LATERALITY_CODES[plan.side], measurements,
     )
 
 
@@ -169,22 +181,9 @@ def _lesion_group(
     mean = _mean_hu(lesion.mean_hu)
     if mean is not None:
         measurements.append(mean)
-    return hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
-        tracking_identifier=hd.sr.TrackingIdentifier(
-            uid=plan.tracking_uid, identifier=plan.label
-        ),
-        referenced_segment=referenced_segment(seg, plan.number),
-        finding_category=codes.fresh(codes.MORPHOLOGICALLY_ABNORMAL_STRUCTURE),
-        finding_type=codes.fresh(codes.LESION),
-        finding_sites=[
-            hd.sr.FindingSite(
-                codes.fresh(codes.LUNG), laterality=codes.fresh(
-                    codes.LATERALITY_CODES.get(lesion.side, codes.BILATERAL)
-                )
-            )
-        ],
-        algorithm_id=algorithm_identification(model),
-        measurements=measurements,
+    return _roi_group(
+        plan, seg, model, (codes.MORPHOLOGICALLY_ABNORMAL_STRUCTURE, codes.LESION),
+        codes.LATERALITY_CODES.get(lesion.side, codes.BILATERAL), measurements,
     )
 
 

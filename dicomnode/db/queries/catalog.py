@@ -12,8 +12,8 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import func, select
-from sqlalchemy.orm import Session
+from sqlalchemy import ColumnElement, func, select
+from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from dicomnode.db.models import Instance, Job, ResultObject, Series, Study
 
@@ -34,6 +34,11 @@ class StoredObject:
     path: str  # relative to the data directory
     instance_number: int | None
     source: str  # SOURCE_RECEIVED or SOURCE_RESULT
+
+    @property
+    def sample_path(self) -> str:
+        """The file whose header describes it (its own), as for series and studies."""
+        return self.path
 
 
 @dataclass(frozen=True)
@@ -66,6 +71,27 @@ class CatalogStudy:
         return self.series[0].sample_path if self.series else ""
 
 
+def _narrowing(
+    *filters: tuple[InstrumentedAttribute[str], InstrumentedAttribute[str],
+                    str | Collection[str] | None],
+) -> tuple[list[ColumnElement[bool]], list[ColumnElement[bool]]]:
+    """The conditions that narrow the received-files and the result-objects queries alike: each
+    filter is (column of the received query, column of the results query, wanted), where wanted
+    is one UID, a collection of UIDs or None for no narrowing."""
+    on_received: list[ColumnElement[bool]] = []
+    on_results: list[ColumnElement[bool]] = []
+    for received_column, result_column, wanted in filters:
+        if wanted is None:
+            continue
+        if isinstance(wanted, str):
+            on_received.append(received_column == wanted)
+            on_results.append(result_column == wanted)
+        else:
+            on_received.append(received_column.in_(list(wanted)))
+            on_results.append(result_column.in_(list(wanted)))
+    return on_received, on_results
+
+
 def catalog_series(
     session: Session,
     study_uids: Collection[str] | None = None,
@@ -92,16 +118,12 @@ def catalog_series(
         .group_by(Study.study_instance_uid, ResultObject.series_instance_uid)
         .order_by(func.min(ResultObject.id))
     )
-    if study_uids is not None:
-        received = received.where(Study.study_instance_uid.in_(list(study_uids)))
-        results = results.where(Study.study_instance_uid.in_(list(study_uids)))
-    if series_uids is not None:
-        received = received.where(Series.series_instance_uid.in_(list(series_uids)))
-        results = results.where(ResultObject.series_instance_uid.in_(list(series_uids)))
-    out = [
-        CatalogSeries(study, series, modality, number, count, path, SOURCE_RECEIVED)
-        for study, series, modality, number, count, path in session.execute(received)
-    ]
+    on_received, on_results = _narrowing(
+        (Study.study_instance_uid, Study.study_instance_uid, study_uids),
+        (Series.series_instance_uid, ResultObject.series_instance_uid, series_uids),
+    )
+    received, results = received.where(*on_received), results.where(*on_results)
+    out = [CatalogSeries(*row, source=SOURCE_RECEIVED) for row in session.execute(received)]
     seen = {s.series_instance_uid for s in out}
     for study, series, kind, count, path in session.execute(results):
         if series in seen:  # a result series UID equal to a received one: serve the received
@@ -161,19 +183,13 @@ def catalog_instances(
         .join(Study, Job.study_id == Study.id)
         .order_by(ResultObject.id)
     )
-    if study_uid is not None:
-        received = received.where(Study.study_instance_uid == study_uid)
-        results = results.where(Study.study_instance_uid == study_uid)
-    if series_uid is not None:
-        received = received.where(Series.series_instance_uid == series_uid)
-        results = results.where(ResultObject.series_instance_uid == series_uid)
-    if sop_uids is not None:
-        received = received.where(Instance.sop_instance_uid.in_(list(sop_uids)))
-        results = results.where(ResultObject.sop_instance_uid.in_(list(sop_uids)))
-    out = [
-        StoredObject(st, se, sop, cls, path, number, SOURCE_RECEIVED)
-        for st, se, sop, cls, path, number in session.execute(received)
-    ]
+    on_received, on_results = _narrowing(
+        (Study.study_instance_uid, Study.study_instance_uid, study_uid),
+        (Series.series_instance_uid, ResultObject.series_instance_uid, series_uid),
+        (Instance.sop_instance_uid, ResultObject.sop_instance_uid, sop_uids),
+    )
+    received, results = received.where(*on_received), results.where(*on_results)
+    out = [StoredObject(*row, source=SOURCE_RECEIVED) for row in session.execute(received)]
     seen = {o.sop_instance_uid for o in out}
     out.extend(
         StoredObject(st, se, sop, cls, path, None, SOURCE_RESULT)

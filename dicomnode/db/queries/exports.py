@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 
 from dicomnode.db.models import Export, ExportState, Job, ResultObject, Study
 from dicomnode.db.queries.views import ExportView, FailedExportGroup
+from dicomnode.db.rowcopy import record_from
 
 
 def export_views_of_jobs(session: Session, job_ids: Collection[int]) -> dict[int, list[ExportView]]:
@@ -32,19 +33,9 @@ def export_views_of_jobs(session: Session, job_ids: Collection[int]) -> dict[int
 
 
 def to_export_view(export: Export, obj: ResultObject, study_uid: str) -> ExportView:
-    return ExportView(
-        export_id=export.id,
-        job_id=obj.job_id,
-        study_instance_uid=study_uid,
-        kind=obj.kind,
-        sop_instance_uid=obj.sop_instance_uid,
-        destination=export.destination,
-        state=export.state.value,
-        attempts=export.attempts,
-        next_attempt_at=export.next_attempt_at,
-        last_status=export.last_status,
-        last_error=export.last_error,
-        sent_at=export.sent_at,
+    return record_from(
+        ExportView, export, obj,
+        export_id=export.id, study_instance_uid=study_uid, state=export.state.value,
     )
 
 

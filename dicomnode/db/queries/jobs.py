@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 from dicomnode.db.models import Job, JobState, ResultObject, Series, Study
 from dicomnode.db.queries.exports import export_views_of_jobs
 from dicomnode.db.queries.views import JobView, ResultView
+from dicomnode.db.rowcopy import record_from
 
 
 def job_views(session: Session, rows: Sequence[tuple[Job, str, str]]) -> list[JobView]:
@@ -24,28 +25,15 @@ def job_views(session: Session, rows: Sequence[tuple[Job, str, str]]) -> list[Jo
             results[obj.job_id].append(obj)
     exports = export_views_of_jobs(session, job_ids)
     return [
-        JobView(
+        record_from(
+            JobView, job,
             job_id=job.id,
             study_instance_uid=study_uid,
             series_instance_uid=series_uid,
             state=job.state.value,
-            attempts=job.attempts,
-            instance_count=job.instance_count,
-            created_at=job.created_at,
-            started_at=job.started_at,
-            finished_at=job.finished_at,
-            lease_owner=job.lease_owner,
-            error=job.error,
-            summary=job.summary,
             results=tuple(
-                ResultView(
-                    result_id=obj.id,
-                    kind=obj.kind,
-                    sop_class_uid=obj.sop_class_uid,
-                    sop_instance_uid=obj.sop_instance_uid,
-                    series_instance_uid=obj.series_instance_uid,
-                    created_at=obj.created_at,
-                    exports=tuple(exports.get(obj.id, ())),
+                record_from(
+                    ResultView, obj, result_id=obj.id, exports=tuple(exports.get(obj.id, ()))
                 )
                 for obj in results.get(job.id, [])
             ),

@@ -26,6 +26,7 @@ from dicomnode.db.queries.views import (
     StudySummary,
     zero_states,
 )
+from dicomnode.db.rowcopy import record_from
 
 
 def _study_status(series: Sequence[Series], last_job_state: str) -> str:
@@ -92,16 +93,7 @@ def list_studies(session: Session, limit: int = 50, offset: int = 0) -> list[Stu
 
 
 def _series_view(s: Series) -> SeriesView:
-    return SeriesView(
-        series_instance_uid=s.series_instance_uid,
-        series_number=s.series_number,
-        modality=s.modality,
-        description=s.description,
-        state=s.state.value,
-        reason=s.skip_reason,
-        instance_count=s.instance_count,
-        last_received_at=s.last_received_at,
-    )
+    return record_from(SeriesView, s, state=s.state.value, reason=s.skip_reason)
 
 
 def study_events(session: Session, study_id: int) -> list[EventView]:

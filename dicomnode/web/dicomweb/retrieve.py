@@ -3,7 +3,7 @@ file, which OHIF uses to download."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import FileResponse, Response, StreamingResponse
@@ -35,6 +35,34 @@ router = APIRouter()
 wado_uri_router = APIRouter(tags=["dicomweb"])
 
 
+Respond = Callable[[Request, WebContext, Sequence[StoredObject]], Response]
+
+
+def _add_level_routes(suffix: str, respond: Respond, names: tuple[str, str, str]) -> None:
+    """GET routes for the study, series and instance levels of one WADO-RS resource (the
+    ``suffix`` after the level's path, e.g. "/metadata"); each answers ``respond`` with the
+    stored objects at that level. ``names`` are the routes' (and OpenAPI operations') names."""
+
+    def study_level(study: str, request: Request, session: SessionDep, ctx: CtxDep) -> Response:
+        return respond(request, ctx, stored_objects(session, study))
+
+    def series_level(
+        study: str, series: str, request: Request, session: SessionDep, ctx: CtxDep
+    ) -> Response:
+        return respond(request, ctx, stored_objects(session, study, series))
+
+    def instance_level(
+        study: str, series: str, sop: str, request: Request, session: SessionDep, ctx: CtxDep
+    ) -> Response:
+        return respond(request, ctx, stored_objects(session, study, series, sop))
+
+    paths = ("/studies/{study}", "/studies/{study}/series/{series}",
+             "/studies/{study}/series/{series}/instances/{sop}")
+    endpoints: tuple[Callable[..., Response], ...] = (study_level, series_level, instance_level)
+    for path, endpoint, name in zip(paths, endpoints, names, strict=True):
+        router.add_api_route(path + suffix, endpoint, methods=["GET"], name=name)
+
+
 def _bulk_base(base: str, obj: StoredObject) -> str:
     return (
         f"{base}/studies/{obj.study_instance_uid}/series/{obj.series_instance_uid}"
@@ -57,23 +85,9 @@ def _metadata_response(
     return Response(b"[" + b",".join(items) + b"]", media_type=DICOM_JSON)
 
 
-@router.get("/studies/{study}/metadata")
-def study_metadata(study: str, request: Request, session: SessionDep, ctx: CtxDep) -> Response:
-    return _metadata_response(request, ctx, stored_objects(session, study))
-
-
-@router.get("/studies/{study}/series/{series}/metadata")
-def series_metadata(
-    study: str, series: str, request: Request, session: SessionDep, ctx: CtxDep
-) -> Response:
-    return _metadata_response(request, ctx, stored_objects(session, study, series))
-
-
-@router.get("/studies/{study}/series/{series}/instances/{sop}/metadata")
-def instance_metadata(
-    study: str, series: str, sop: str, request: Request, session: SessionDep, ctx: CtxDep
-) -> Response:
-    return _metadata_response(request, ctx, stored_objects(session, study, series, sop))
+_add_level_routes(
+    "/metadata", _metadata_response, ("study_metadata", "series_metadata", "instance_metadata")
+)
 
 
 def _choose_dicom_syntax(
@@ -143,23 +157,7 @@ def _retrieve(request: Request, ctx: WebContext, objects: Sequence[StoredObject]
     )
 
 
-@router.get("/studies/{study}")
-def retrieve_study(study: str, request: Request, session: SessionDep, ctx: CtxDep) -> Response:
-    return _retrieve(request, ctx, stored_objects(session, study))
-
-
-@router.get("/studies/{study}/series/{series}")
-def retrieve_series(
-    study: str, series: str, request: Request, session: SessionDep, ctx: CtxDep
-) -> Response:
-    return _retrieve(request, ctx, stored_objects(session, study, series))
-
-
-@router.get("/studies/{study}/series/{series}/instances/{sop}")
-def retrieve_instance(
-    study: str, series: str, sop: str, request: Request, session: SessionDep, ctx: CtxDep
-) -> Response:
-    return _retrieve(request, ctx, stored_objects(session, study, series, sop))
+_add_level_routes("", _retrieve, ("retrieve_study", "retrieve_series", "retrieve_instance"))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import Response
@@ -35,7 +35,15 @@ from dicomnode.web.dicomjson import (
 from dicomnode.web.dicomweb.common import DICOM_JSON, CtxDep, SessionDep, check_uids, read_header
 from dicomnode.web.qido import QidoQuery, matches, parse_query, split_values
 
-T = TypeVar("T")
+
+class _Sampled(Protocol):
+    """A study, series or instance of the catalogue: described from one of its files."""
+
+    @property
+    def sample_path(self) -> str: ...
+
+
+T = TypeVar("T", bound=_Sampled)
 
 INSTANCE_EXTRA_ATTRIBUTES = (
     "ImageType", "AcquisitionNumber", "ContentDate", "ContentTime", "ImagePositionPatient",
@@ -78,19 +86,21 @@ def _needs_header_filter(query: QidoQuery) -> bool:
 
 def _search(
     ctx: WebContext,
+    session: Session,
     query: QidoQuery,
     items: Sequence[T],
-    sample_path: Callable[[T], str],
     describe: Callable[[T, Dataset], Dataset],
 ) -> Response:
-    """Describe each item from one of its files' headers, keep the matches, page the result.
+    """Describe each item from the header of its ``sample_path`` file, keep the matches, page
+    the result. The request's session is released first: only files are read here.
 
     Without filters on header attributes the page is cut first, so only its files are read.
     """
+    release(session)
     filtering = _needs_header_filter(query)
     found: list[Dataset] = []
     for item in items if filtering else _slice(items, query):
-        header = read_header(ctx.headers, sample_path(item))
+        header = read_header(ctx.headers, item.sample_path)
         if header is None:
             continue
         attrs = describe(item, header)
@@ -138,9 +148,8 @@ def search_studies(request: Request, session: SessionDep, ctx: CtxDep) -> Respon
     query = _query(request)
     base = dicomweb_base(request)
     studies = catalog_studies(session, _uid_filter(query, 0x0020000D))
-    release(session)
     return _search(
-        ctx, query, studies, lambda study: study.sample_path,
+        ctx, session, query, studies,
         lambda study, header: _study_attributes(study, header, ctx.headers, query, base),
     )
 
@@ -170,9 +179,8 @@ def _search_series(
     base = dicomweb_base(request)
     studies = [study] if study is not None else _uid_filter(query, 0x0020000D)
     listed = catalog_series(session, studies, _uid_filter(query, 0x0020000E))
-    release(session)
     return _search(
-        ctx, query, listed, lambda series: series.sample_path,
+        ctx, session, query, listed,
         lambda series, header: _series_attributes(series, header, query, base),
     )
 
@@ -229,9 +237,8 @@ def _search_instances(
             raise HTTPException(400, "search instances of one SeriesInstanceUID at a time")
         series = series_uids[0] if series_uids else None
     listed = catalog_instances(session, study, series, _uid_filter(query, 0x00080018))
-    release(session)
     return _search(
-        ctx, query, listed, lambda obj: obj.path,
+        ctx, session, query, listed,
         lambda obj, header: _instance_attributes(obj, header, query, base),
     )
 
