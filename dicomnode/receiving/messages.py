@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import threading
 import zlib
 from io import BytesIO
 from typing import Any
@@ -23,6 +24,7 @@ from pynetdicom.dimse_messages import _MESSAGE_TYPES, DIMSEMessage
 from pynetdicom.dimse_primitives import C_CANCEL, C_STORE, N_EVENT_REPORT
 from pynetdicom.dsutils import decode
 from pynetdicom.service_class import StorageServiceClass
+from pynetdicom.utils import make_target
 
 from dicomnode.receiving.statuses import StoreStatus
 
@@ -198,8 +200,13 @@ class BoundedDIMSE(DIMSEServiceProvider):
             self._serve_store(request, context_id)
         elif isinstance(request, C_CANCEL) and len(self.cancel_req) < 10:
             self.cancel_req[int(request.MessageIDBeingRespondedTo or 0)] = request
-        elif isinstance(request, N_EVENT_REPORT):
-            log.warning("N-EVENT-REPORT from the peer ignored")
+        elif isinstance(request, N_EVENT_REPORT) and request.is_valid_request:
+            # As pynetdicom does: served on a thread of its own, or it would block this one
+            # (a PACS's Storage Commitment report, see dicomnode.delivering.commitment).
+            threading.Thread(
+                target=make_target(self.assoc._serve_request), args=(request, context_id),
+                name="n-event-report", daemon=True,
+            ).start()
         else:
             self.msg_queue.put((context_id, request))
 

@@ -192,22 +192,33 @@ def test_status_and_metrics_tell_sent_from_committed(tmp_path, settings, session
                             confirm_after_s=30.0)
     assert exporter.run_once() == 2  # sent; not yet confirmed
     with sessions() as session:
-        sent_only = render(session, JobTimings(), None)
-    assert 'dicomnode_exports{state="sent"} 2' in sent_only
-    assert 'dicomnode_exports{state="committed"} 0' in sent_only
+        sent_only = exports_by_state(render(session, JobTimings(), None))
+    assert (sent_only["sent"], sent_only["committed"]) == (2, 0)
     with sessions() as session, session.begin():
         for export in session.scalars(select(Export)):
             export.check_at = export.sent_at  # due now
     exporter.run_once()
     with sessions() as session:
-        committed = render(session, JobTimings(), None)
-    assert 'dicomnode_exports{state="committed"} 2' in committed
+        committed = exports_by_state(render(session, JobTimings(), None))
+    assert (committed["sent"], committed["committed"]) == (0, 2)
     cfg = tmp_path / "node.toml"
     cfg.write_text(f'[node]\ndata_dir = "{settings.node.data_dir}"\n')
     status = subprocess.run([sys.executable, "-m", "dicomnode", "status", "--config", str(cfg)],
                             capture_output=True, text=True, timeout=120)
     assert "exports committed/sent/pending/failed" in status.stdout
     assert " 2/0/0/0 " in status.stdout, status.stdout
+
+
+def exports_by_state(exposition: bytes) -> dict[str, float]:
+    """``dicomnode_exports`` by state, read with prometheus_client's own parser."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {
+        sample.labels["state"]: sample.value
+        for family in text_string_to_metric_families(exposition.decode())
+        for sample in family.samples
+        if sample.name == "dicomnode_exports"
+    }
 
 
 def test_objects_for_a_removed_destination_fail_visibly(settings, sessions, storage,
