@@ -201,7 +201,7 @@ class BoundedDIMSE(DIMSEServiceProvider):
         elif isinstance(request, N_EVENT_REPORT):
             log.warning("N-EVENT-REPORT from the peer ignored")
         else:
-            self.msg_queue.put((context_id, request))
+            self.msg_queue.put((context_id, request))  # type: ignore[arg-type]
 
     def get_msg(self, block: bool = False) -> Any:
         """The association thread polls this every millisecond; a short wait on the queue
