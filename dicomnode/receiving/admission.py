@@ -193,7 +193,9 @@ class GuardedAssociationServer(ThreadedAssociationServer):
                 raise AdmissionRefusedError(f"TLS handshake failed: {exc}") from None
         request = read_associate_rq(sock, deadline)
         self._check_request(request, address)
-        sock.settimeout(None)  # pynetdicom's reactor polls with select and reads blocking
+        # pynetdicom's reactor waits in select and then reads; a peer that stops in the middle
+        # of a PDU is cut off after the network timeout instead of holding the thread forever.
+        sock.settimeout(self.ae.network_timeout)
         return sock, request
 
     def _check_request(self, request: AssociateRequest, address: Any) -> None:

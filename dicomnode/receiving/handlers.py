@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from io import BytesIO
 from pathlib import Path
 from typing import Any
 
@@ -110,6 +111,11 @@ def handle_store(
         return _store_once(event, ds, path, sop_uid, sop_class, calling, storage, recorder)
 
 
+def request_data_set(event: Event) -> BytesIO:
+    data = getattr(event.request, "DataSet", None)
+    return data if isinstance(data, BytesIO) else BytesIO()
+
+
 def _conflict(
     ds: Dataset, stored: StoredInstance, sop_class: str, transfer_syntax: str, storage: Storage
 ) -> str:
@@ -155,7 +161,8 @@ def _store_once(
             return _refuse(StoreStatus.UID_CONFLICT, f"SOP Instance UID {reason}", sop_uid,
                            calling)
         header = file_header(sop_class, sop_uid, transfer_syntax)
-        with event.request.DataSet.getbuffer() as body:  # written as received, not copied
+        received: BytesIO = request_data_set(event)
+        with received.getbuffer() as body:  # written as received, not copied
             size = storage.write_instance(path, (header, body))
     except DiskFullError as exc:
         return _refuse(StoreStatus.OUT_OF_RESOURCES, str(exc), sop_uid, calling)

@@ -208,7 +208,7 @@ class BoundedDIMSE(DIMSEServiceProvider):
                 name="n-event-report", daemon=True,
             ).start()
         else:
-            self.msg_queue.put((context_id, request))
+            self.msg_queue.put((context_id, request))  # type: ignore[arg-type]
 
     def get_msg(self, block: bool = False) -> Any:
         """The association thread polls this every millisecond; a short wait on the queue

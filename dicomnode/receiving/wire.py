@@ -102,7 +102,8 @@ class GuardedRequestHandler(RequestHandler):
         acceptor.implementation_version_name = self.ae.implementation_version_name
         acceptor.supported_contexts = deepcopy(server.contexts)
         assoc.requestor.address_info = self.remote
-        for event, handlers in server._handlers.items():
+        bound: dict[Any, Any] = server._handlers
+        for event, handlers in bound.items():
             if event.is_intervention and handlers:
                 assoc.bind(event, *handlers)
             elif isinstance(event, evt.NotificationEvent):

@@ -9,6 +9,7 @@ import logging
 import shutil
 import socket
 import ssl
+import struct
 import subprocess
 import time
 from collections.abc import Iterator
@@ -139,3 +140,20 @@ def test_non_dicom_caller_is_closed_and_logged(guarded, caplog) -> None:
         assert sock.recv(16) == b""
     assert any("not A-ASSOCIATE-RQ" in r.getMessage() for r in caplog.records)
     assert echoscu(guarded.host, guarded.port, guarded.ae_title).returncode == 0
+
+
+def test_peer_stalling_mid_pdu_is_cut_off_after_the_network_timeout(settings, storage,
+                                                                    sessions) -> None:
+    with _started(settings, storage, sessions, network_timeout_s=2.0) as node:
+        assoc = _echo(node, "STALLER")
+        assert assoc.is_established
+        raw = assoc.dul.socket.socket
+        # a P-DATA-TF header announcing 1000 bytes, then only 10 of them
+        raw.sendall(struct.pack(">BBL", 0x04, 0, 1000) + bytes(10))
+        deadline = time.monotonic() + 10
+        while assoc.is_established and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not assoc.is_established, "the node kept the stalled association open"
+        other = _echo(node, "NEXT")  # and the node still serves others
+        assert other.is_established
+        other.release()
