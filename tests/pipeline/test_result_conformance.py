@@ -38,11 +38,13 @@ from pipeline.series import read_series
 from pipeline.stages.lung_morphology import MorphologicalLungSegmenter
 from pipeline.types import Classification, CTVolume, Lesion, LungMask, ModelInfo, StudyResult
 from pipeline.writers import codes
+from pipeline.writers.equipment import algorithm_device_uid
 from pipeline.writers.overlay import SecondaryCaptureOverlay
 from pipeline.writers.seg import lesion_model, lung_model
-from pipeline.writers.sr import DEVICE_OBSERVER_NAME, DEVICE_OBSERVER_UID
+from pipeline.writers.sr import DEVICE_OBSERVER_NAME, DEVICE_OBSERVER_UID, write_sr
 from pipeline.writers.viewer_sr import CORNERSTONE_FREEHAND_TRACKING_ID, VIEWER_SR_SERIES_NUMBER
 from tests.peers.dicom3tools import dcentvfy_errors, dciodvfy_errors
+from tests.peers.pixelmed import INSTANCE_VALIDATOR, SR_VALIDATOR, pixelmed_errors
 from tests.peers.processes import MissingPeerError, find_tool
 from tests.peers.studies import PreparedSeries
 from tests.pipeline.conftest import sphere_lesion
@@ -225,6 +227,53 @@ def test_every_object_passes_dciodvfy(run: ResultRun) -> None:
         reports = list(pool.map(dciodvfy_errors, run.paths))
     failures = {str(p): errors for p, errors in zip(run.paths, reports, strict=True) if errors}
     assert failures == {}
+
+
+def test_every_object_kind_passes_the_pixelmed_validators(
+    lesions_run: ResultRun, tmp_path: Path
+) -> None:
+    """AIR conformance: PixelMed's IOD validator on every kind (SEG, both SRs, one overlay
+    slice, the summary) and its SR template validator on both SRs and on a report that holds
+    only a classification; no ``Error`` line. One real study, every kind once (each run
+    starts a JVM that compiles PixelMed's style sheets: ~10 s of CPU)."""
+    overlay = lesions_run.of_kind("OVERLAY")
+    main_sr, viewer_sr = lesions_run.sr_path(), lesions_run.sr_path(VIEWER_SR_SERIES_NUMBER)
+    classification_only = tmp_path / "sr-classification.dcm"
+    write_sr(lesions_run.result, None, (), classification_only, LESIONS_UID_ROOT)
+    checks = [(path, INSTANCE_VALIDATOR) for path in (
+        lesions_run.seg_path, main_sr, viewer_sr, overlay[0], overlay[-1]
+    )] + [(path, SR_VALIDATOR) for path in (main_sr, viewer_sr, classification_only)]
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        reports = list(pool.map(lambda check: pixelmed_errors(*check), checks))
+    failures = {
+        f"{path.name} {validator.rsplit('.', 1)[-1]}": errors
+        for (path, validator), errors in zip(checks, reports, strict=True) if errors
+    }
+    assert failures == {}
+
+
+def test_every_algorithm_is_contributing_equipment(lesions_run: ResultRun) -> None:
+    """AIR: each algorithm in the Contributing Equipment Sequence ("Processing Equipment",
+    name, version, a Device UID from its weights checksum); the scanner stays first."""
+    models = {model.name: model for model in lesions_run.result.algorithms}
+    overlay = lesions_run.of_kind("OVERLAY")
+    for path in (lesions_run.seg_path, lesions_run.sr_path(), overlay[0]):
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        items = list(ds.ContributingEquipmentSequence)
+        assert items[0].PurposeOfReferenceCodeSequence[0].CodeValue == "109101"  # scanner
+        algorithms = {
+            str(item.ManufacturerModelName): item for item in items
+            if str(item.get("ContributionDescription", "")).startswith("Processing algorithm")
+        }
+        assert algorithms, path.name
+        for name, item in algorithms.items():
+            model = models[name]
+            assert item.PurposeOfReferenceCodeSequence[0].CodeValue == "109102"
+            assert str(item.SoftwareVersions) == model.version
+            assert str(item.DeviceUID) == algorithm_device_uid(model)
+    seg_items = pydicom.dcmread(lesions_run.seg_path, stop_before_pixels=True)
+    names = {str(i.ManufacturerModelName) for i in seg_items.ContributingEquipmentSequence}
+    assert {lung_model(lesions_run.result).name, lesion_model(lesions_run.result).name} <= names
 
 
 def test_dcentvfy_finds_no_inconsistency_across_source_and_results(run: ResultRun) -> None:
