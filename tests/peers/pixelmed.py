@@ -23,7 +23,7 @@ JAVA_OPTIONS = (
     "-Djdk.xml.xpathExprGrpLimit=0",
     "-Djdk.xml.xpathTotalOpLimit=0",
 )
-VALIDATE_TIMEOUT_S = 180.0
+VALIDATE_TIMEOUT_S = 600.0  # one JVM run; ~40 s of CPU for a real study's SR
 
 
 def _java() -> str:

@@ -41,10 +41,9 @@ from pipeline.writers import codes
 from pipeline.writers.equipment import algorithm_device_uid
 from pipeline.writers.overlay import SecondaryCaptureOverlay
 from pipeline.writers.seg import lesion_model, lung_model
-from pipeline.writers.sr import DEVICE_OBSERVER_NAME, DEVICE_OBSERVER_UID, write_sr
+from pipeline.writers.sr import DEVICE_OBSERVER_NAME, DEVICE_OBSERVER_UID
 from pipeline.writers.viewer_sr import CORNERSTONE_FREEHAND_TRACKING_ID, VIEWER_SR_SERIES_NUMBER
 from tests.peers.dicom3tools import dcentvfy_errors, dciodvfy_errors
-from tests.peers.pixelmed import INSTANCE_VALIDATOR, SR_VALIDATOR, pixelmed_errors
 from tests.peers.processes import MissingPeerError, find_tool
 from tests.peers.studies import PreparedSeries
 from tests.pipeline.conftest import sphere_lesion
@@ -61,7 +60,6 @@ TEST_LESION_RADIUS_MM = 15.0
 FIXED_CLASSIFIER = ModelInfo("fixed-test-classifier", "1.0.0", "c" * 64)
 FIXED_LOCALIZER = ModelInfo("fixed-test-localizer", "1.0.0", "d" * 64)
 RUNS = ("processor", "lesions")
-PIXELMED_TIMEOUT_S = 900  # six JVM runs; far less on an idle machine
 
 
 class FixedClassifier:
@@ -227,34 +225,6 @@ def test_every_object_passes_dciodvfy(run: ResultRun) -> None:
     with ThreadPoolExecutor(max_workers=2) as pool:
         reports = list(pool.map(dciodvfy_errors, run.paths))
     failures = {str(p): errors for p, errors in zip(run.paths, reports, strict=True) if errors}
-    assert failures == {}
-
-
-@pytest.mark.timeout(PIXELMED_TIMEOUT_S)
-def test_every_object_kind_passes_the_pixelmed_validators(
-    lesions_run: ResultRun, tmp_path: Path
-) -> None:
-    """AIR conformance: no ``Error`` line from PixelMed's validators on any kind of object.
-
-    ``DicomSRValidator`` checks an SR's IOD and its templates, so the SRs (main, viewer, and a
-    report holding only a classification) get that one; the SEG, an overlay slice and the
-    summary get ``DicomInstanceValidator``. One real study, each kind once: every run starts a
-    JVM that compiles PixelMed's style sheets (~10 s of CPU).
-    """
-    overlay = lesions_run.of_kind("OVERLAY")
-    classification_only = tmp_path / "sr-classification.dcm"
-    write_sr(lesions_run.result, None, (), classification_only, LESIONS_UID_ROOT)
-    checks = [(path, INSTANCE_VALIDATOR) for path in (
-        lesions_run.seg_path, overlay[0], overlay[-1]
-    )] + [(path, SR_VALIDATOR) for path in (
-        lesions_run.sr_path(), lesions_run.sr_path(VIEWER_SR_SERIES_NUMBER), classification_only
-    )]
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        reports = list(pool.map(lambda check: pixelmed_errors(*check), checks))
-    failures = {
-        f"{path.name} {validator.rsplit('.', 1)[-1]}": errors
-        for (path, validator), errors in zip(checks, reports, strict=True) if errors
-    }
     assert failures == {}
 
 
