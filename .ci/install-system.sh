@@ -7,6 +7,8 @@ set -euo pipefail
 PACKAGES=(
   dcmtk            # storescu, storescp, echoscu, dcmdump, dsrdump, dcmcjpls, ...
   dicom3tools      # dciodvfy, dcentvfy
+  pixelmed-apps    # /usr/share/java/pixelmed.jar: DicomInstanceValidator, DicomSRValidator (AIR)
+  default-jre-headless # java, to run the PixelMed validators
   orthanc          # /usr/sbin/Orthanc, the PACS in the integration tests
   orthanc-dicomweb # QIDO-RS / WADO-RS / STOW-RS plug-in
   orthanc-gdcm     # JPEG 2000 (and other) decoding plug-in

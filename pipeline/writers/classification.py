@@ -43,14 +43,14 @@ def _class_evaluation(
         value=codes.fresh(presence),
         relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
     )
-    item.ContentSequence = [
+    item.ContentSequence = hd.sr.ContentSequence([
         hd.sr.NumContentItem(
             name=codes.fresh(codes.PROBABILITY),
             value=round(float(probability), PROBABILITY_DIGITS),
             unit=codes.fresh(codes.UNIT_PROBABILITY),
             relationship_type=hd.sr.RelationshipTypeValues.HAS_PROPERTIES,
         )
-    ]
+    ])
     return item
 
 
@@ -84,5 +84,5 @@ def classification_evaluations(classification: Classification) -> hd.sr.Containe
                 relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
             )
         )
-    container.ContentSequence = items
+    container.ContentSequence = hd.sr.ContentSequence(items)
     return container

@@ -23,7 +23,9 @@ import highdicom as hd
 import numpy as np
 from highdicom.base_content import ContributingEquipment
 from pydicom.dataset import Dataset
+from pydicom.tag import Tag
 from pydicom.uid import ExplicitVRLittleEndian
+from pydicom.valuerep import DA, TM
 
 from pipeline.writers import render
 from pipeline.writers.equipment import (
@@ -43,6 +45,7 @@ SOURCE_PURPOSE_CODE = hd.sr.CodedConcept(
     "121322", "DCM", "Source image for image processing operation"
 )
 BITS_PER_SAMPLE = 8
+SOFTWARE_VERSIONS_TAG = Tag("SoftwareVersions")
 # Patient and study attributes highdicom does not copy from the source image.
 COPIED_FROM_SOURCE = ("StudyDescription", "IssuerOfPatientID")
 
@@ -117,7 +120,7 @@ def sc_image(context: SeriesContext, rgb: render.RgbImage, spec: ImageSpec) -> h
 def _describe(ds: hd.sc.SCImage, context: SeriesContext, spec: ImageSpec) -> None:
     """The attributes highdicom leaves to the caller (see the module docstring)."""
     if spec.patient_orientation is None:
-        ds.PatientOrientation = ""  # type 2C, empty: a text page, no patient directions
+        ds.PatientOrientation = []  # type 2C, empty: a text page, no patient directions
     if "StudyInstanceUID" in ds and ds.StudyInstanceUID != context.study_instance_uid:
         raise ValueError("the source image belongs to another study than the result")
     for keyword in COPIED_FROM_SOURCE:
@@ -125,12 +128,12 @@ def _describe(ds: hd.sc.SCImage, context: SeriesContext, spec: ImageSpec) -> Non
             setattr(ds, keyword, spec.source[keyword].value)
     ds.BodyPartExamined = BODY_PART_EXAMINED
     ds.ConversionType = CONVERSION_TYPE
-    ds.SoftwareVersions = context.software_versions
+    ds.add_new(SOFTWARE_VERSIONS_TAG, "LO", list(context.software_versions))
     ds.SecondaryCaptureDeviceManufacturer = MANUFACTURER
     ds.SecondaryCaptureDeviceManufacturerModelName = MANUFACTURER_MODEL_NAME
     ds.SecondaryCaptureDeviceSoftwareVersions = context.software_versions
-    ds.DateOfSecondaryCapture = context.created.strftime("%Y%m%d")
-    ds.TimeOfSecondaryCapture = context.created.strftime("%H%M%S")
+    ds.DateOfSecondaryCapture = DA(context.created.date())
+    ds.TimeOfSecondaryCapture = TM(context.created.time().replace(microsecond=0))
     ds.ImageType = IMAGE_TYPE
     ds.DerivationDescription = spec.derivation
     ds.SourceImageSequence = [_source_reference(spec.source)]

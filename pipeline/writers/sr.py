@@ -1,7 +1,7 @@
 """TID 1500 Measurement Report (Comprehensive 3D SR) of one study result.
 
-Content (PS3.16 TID 1500): a device observer naming this node, procedure "Computed
-tomography of chest", then measurement groups:
+Content (PS3.16 TID 1500): a device observer naming this node, procedure "CT unspecified
+body region" (CID 100 has no chest CT concept), then measurement groups:
 
 - one TID 1411 volumetric group per lung, referencing its SEG segment, with volume (mL),
   mean attenuation (HU) and, when lesions were localized, lesion burden (%). The lung numbers
@@ -9,9 +9,13 @@ tomography of chest", then measurement groups:
   do not overlap, and the lesion segments of that side make up the rest;
 - one TID 1411 group per lesion (tracking ID/UID as in its SEG segment), finding "Lesion"
   in the lung of its side, with volume and mean attenuation;
-- when a classifier ran, one TID 1501 group per class with the class's finding code, the
-  probability the model gave it, and "Presence of property" Present for the predicted class
-  (Absent for the others).
+- when a classifier ran, no group but the study-level "Qualitative Evaluations" container
+  (``pipeline.writers.classification``): each class's finding Present or Absent with its
+  probability, and the classifier's name and version.
+
+Every algorithm is listed in the Contributing Equipment Sequence
+(``pipeline.writers.equipment``), and code meanings are spelled as the templates spell them
+(``codes.conform_meanings``).
 
 Reports that this one replaces are listed in the Predecessor Documents Sequence (PS3.3
 C.17.2.3); they are not evidence of this report's content, so they do not go into the

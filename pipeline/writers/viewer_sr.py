@@ -1,12 +1,12 @@
 """Companion TID 1500 report "for viewers": each lesion as an outline on one CT slice.
 
 Why a second report: the main report (``pipeline.writers.sr``) describes every lung and lesion
-as a TID 1411 volumetric group referencing its SEG segment, and the classification as TID 1501
-groups without image coordinates. That is what reporting systems and the standard want, but
-OHIF 3.13's SR viewport fails on any measurement group without image coordinates (upstream
-issue #3390; one such group is enough), so the main report cannot be opened there. This
-document holds only groups that a viewer can draw, and is kept beside the main report, which
-stays complete and unchanged.
+as a TID 1411 volumetric group referencing its SEG segment, without image coordinates, and
+the classification as study-level qualitative evaluations. That is what reporting systems
+and the standard want, but OHIF 3.13's SR viewport fails on any measurement group without
+image coordinates (upstream issue #3390; one such group is enough), so the main report cannot
+be opened there. This document holds only groups that a viewer can draw, and is kept beside
+the main report, which stays complete and unchanged.
 
 Content (Comprehensive 3D SR, TID 1500, same observer, procedure and language as the main
 report), one TID 1501 measurement group per lesion:

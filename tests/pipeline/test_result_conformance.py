@@ -38,6 +38,7 @@ from pipeline.series import read_series
 from pipeline.stages.lung_morphology import MorphologicalLungSegmenter
 from pipeline.types import Classification, CTVolume, Lesion, LungMask, ModelInfo, StudyResult
 from pipeline.writers import codes
+from pipeline.writers.equipment import algorithm_device_uid
 from pipeline.writers.overlay import SecondaryCaptureOverlay
 from pipeline.writers.seg import lesion_model, lung_model
 from pipeline.writers.sr import DEVICE_OBSERVER_NAME, DEVICE_OBSERVER_UID
@@ -225,6 +226,30 @@ def test_every_object_passes_dciodvfy(run: ResultRun) -> None:
         reports = list(pool.map(dciodvfy_errors, run.paths))
     failures = {str(p): errors for p, errors in zip(run.paths, reports, strict=True) if errors}
     assert failures == {}
+
+
+def test_every_algorithm_is_contributing_equipment(lesions_run: ResultRun) -> None:
+    """AIR: each algorithm in the Contributing Equipment Sequence ("Processing Equipment",
+    name, version, a Device UID from its weights checksum); the scanner stays first."""
+    models = {model.name: model for model in lesions_run.result.algorithms}
+    overlay = lesions_run.of_kind("OVERLAY")
+    for path in (lesions_run.seg_path, lesions_run.sr_path(), overlay[0]):
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        items = list(ds.ContributingEquipmentSequence)
+        assert items[0].PurposeOfReferenceCodeSequence[0].CodeValue == "109101"  # scanner
+        algorithms = {
+            str(item.ManufacturerModelName): item for item in items
+            if str(item.get("ContributionDescription", "")).startswith("Processing algorithm")
+        }
+        assert algorithms, path.name
+        for name, item in algorithms.items():
+            model = models[name]
+            assert item.PurposeOfReferenceCodeSequence[0].CodeValue == "109102"
+            assert str(item.SoftwareVersions) == model.version
+            assert str(item.DeviceUID) == algorithm_device_uid(model)
+    seg_items = pydicom.dcmread(lesions_run.seg_path, stop_before_pixels=True)
+    names = {str(i.ManufacturerModelName) for i in seg_items.ContributingEquipmentSequence}
+    assert {lung_model(lesions_run.result).name, lesion_model(lesions_run.result).name} <= names
 
 
 def test_dcentvfy_finds_no_inconsistency_across_source_and_results(run: ResultRun) -> None:

@@ -12,10 +12,13 @@ from pydicom.dataset import Dataset
 
 from pipeline.types import CTVolume, LungMask, StudyResult
 from pipeline.writers import codes
+from pipeline.writers.equipment import algorithm_device_uid
 from pipeline.writers.seg import (
     SEG_SERIES_DESCRIPTION,
     SEG_SERIES_NUMBER,
     build_seg,
+    lesion_model,
+    lung_model,
     plan_segments,
     seg_uids,
     write_seg,
@@ -173,3 +176,28 @@ def test_covid_study_seg_conforms_and_matches_the_lungs(
     labels = _read_labels(path, covid_volume)
     np.testing.assert_array_equal(labels == 1, covid_lungs.left)
     np.testing.assert_array_equal(labels == 2, covid_lungs.right)
+
+
+def test_seg_lists_each_algorithm_as_contributing_equipment(
+    phantom_seg: Path, phantom_result: StudyResult
+) -> None:
+    seg = hd.seg.segread(phantom_seg)
+    items = {
+        str(item.ManufacturerModelName): item for item in seg.ContributingEquipmentSequence
+        if "DeviceUID" in item
+    }
+    lungs, localizer = lung_model(phantom_result), lesion_model(phantom_result)
+    assert set(items) == {lungs.name, localizer.name}  # the classifier made no segment
+    for model in (lungs, localizer):
+        item = items[model.name]
+        assert str(item.DeviceUID) == algorithm_device_uid(model)
+        assert str(item.SoftwareVersions) == model.version
+        assert item.PurposeOfReferenceCodeSequence[0].CodeValue == "109102"
+    # The UID follows the weights: same checksum, same UID; other weights, another UID.
+    other = type(localizer)(localizer.name, localizer.version, "e" * 64)
+    assert algorithm_device_uid(other) != algorithm_device_uid(localizer)
+    assert algorithm_device_uid(type(localizer)(**vars(localizer))) == (
+        algorithm_device_uid(localizer)
+    )
+    anatomy = seg.SharedFunctionalGroupsSequence[0].FrameAnatomySequence[0]
+    assert anatomy.FrameLaterality == "B"

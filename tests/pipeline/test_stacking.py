@@ -140,3 +140,19 @@ def test_overlay_numbers_images_as_a_viewer_orders_them(against: bool, tmp_path:
     number_of = {str(ds.SOPInstanceUID): int(ds.InstanceNumber) for ds in datasets}
     shown = [number_of[uid] for uid in sources]
     assert shown == sorted(shown)  # the overlay scrolls like the CT in a viewer
+
+
+def test_viewer_positions_fall_back_to_the_normal_without_usable_instance_numbers() -> None:
+    def headers(*numbers: object) -> list[pydicom.Dataset]:
+        datasets = []
+        for number in numbers:
+            ds = pydicom.Dataset()
+            if number is not None:
+                ds.InstanceNumber = number
+            datasets.append(ds)
+        return datasets
+
+    assert viewer_positions(headers(30, 20, 10)) == [3, 2, 1]
+    assert viewer_positions(headers(7, 3, 99)) == [2, 1, 3]  # gaps keep the order
+    assert viewer_positions(headers(3, None, 1)) == [1, 2, 3]  # one missing: along the normal
+    assert viewer_positions(headers(2, 2, 1)) == [1, 2, 3]  # repeated: along the normal
