@@ -43,9 +43,10 @@ def test_analyze_real_study_with_the_default_models(tmp_path: Path) -> None:
     report = hd.sr.srread(sr_path).content
     volumetric = report.get_volumetric_roi_measurement_groups()
     assert len(volumetric) == 2 + len(summary["lesions"])  # two lungs, one group per lesion
-    image_level = report.get_image_measurement_groups()  # the classification, one per class
-    names = {m.name.meaning for g in image_level for m in g.get_measurements()}
-    assert "Probability" in names
+    # The classification: study-level qualitative evaluations, one per class, each with the
+    # probability the model gave it (pipeline.writers.classification).
+    evaluations = sr_evaluations(sr_path)
+    assert {"Pneumonia caused by SARS-CoV-2", "Probability"} <= evaluations, evaluations
 
 
 def test_analyze_normal_study_whose_file_meta_repeats_one_placeholder_uid(tmp_path: Path) -> None:
@@ -61,3 +62,20 @@ def test_analyze_normal_study_whose_file_meta_repeats_one_placeholder_uid(tmp_pa
     summary = json.loads((out / "summary.json").read_text())
     assert summary["slices"] == 167
     assert 0.0 <= summary["classification"]["p_covid"] <= 1.0
+
+
+def sr_evaluations(path: Path) -> set[str]:
+    """Concept names inside the SR's document-level Qualitative Evaluations container."""
+    import pydicom
+
+    names: set[str] = set()
+
+    def walk(items: object, inside: bool) -> None:
+        for item in items or []:  # type: ignore[attr-defined]
+            name = item.ConceptNameCodeSequence[0].CodeMeaning
+            if inside:
+                names.add(name)
+            walk(item.get("ContentSequence"), inside or name == "Qualitative Evaluations")
+
+    walk(pydicom.dcmread(path).ContentSequence, False)
+    return names

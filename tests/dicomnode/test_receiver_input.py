@@ -212,13 +212,13 @@ def test_malformed_affected_sop_instance_uid_answered_at_once(receiver, uid) -> 
 
 
 def test_pipeline_refuses_absurd_dimensions_before_allocating() -> None:
-    from pipeline.series import SeriesError, _check_matrix
+    from pipeline.series import SeriesError, _check_size
 
     slices = ct_series(2)
     for ds in slices:
         ds.Rows = ds.Columns = 60000  # the header alone; 2 x 60000^2 float32 would be 29 GB
     with pytest.raises(SeriesError, match="exceed the supported size"):
-        _check_matrix(slices)
+        _check_size(slices)
 
 
 def test_four_associations_at_once_share_commits_and_lose_nothing(receiver, sessions) -> None:
