@@ -7,9 +7,11 @@ lungs are the largest internal air components with the tracked airway cut out, e
 inside the body is other air. Run coarsely (about 2 mm pixels), it costs a fraction of the
 U-Net and gives two rules for the learned mask:
 
-1. voxels of the other air, grown by one coarse pixel (their wall), are not lung;
-2. a 2-D piece of the learned mask that touches no morphological lung on its slice (a soft
-   tissue blob above the apex, a loop of colon) is not lung either.
+1. voxels of the other air (3-D components of 1 mL or more: the airway, gastric and bowel gas,
+   not the air bronchograms of a consolidation), grown by one coarse pixel (their wall), are
+   not lung;
+2. a 2-D piece of the learned mask that touches no morphological lung on its slice or the
+   next ones (a soft tissue blob above the apex, a loop of colon) is not lung either.
 
 Consolidation that the morphological lungs miss stays: it is neither other air nor a piece
 cut off from the lungs on its slice.
@@ -35,11 +37,27 @@ from pipeline.types import CTVolume
 logger = logging.getLogger(__name__)
 
 CLEANUP_PIXEL_MM = 2.0  # working pixel size of the topology check
-OTHER_AIR_WALL_PX = 1  # coarse pixels of wall removed around non-lung air
-LUNG_CONTACT_PX = 1  # a learned piece within this many coarse pixels of a lung is kept
+LUNG_CONTACT_PX = 1  # a learned piece within one coarse pixel or slice of a lung is kept
+OTHER_AIR_WALL_PX = 1  # coarse pixels of wall removed around that air
+OTHER_AIR_MIN_ML = 1.0  # smaller pockets of other air (air bronchograms) are left alone
 
 _SLICE_SQUARE = np.zeros((3, 3, 3), dtype=bool)
 _SLICE_SQUARE[1] = True
+_NEIGHBOURS_3D = np.ones((3, 3, 3), dtype=bool)
+
+
+def _large_components(
+    mask: npt.NDArray[np.bool_], voxel_ml: float
+) -> npt.NDArray[np.bool_]:
+    """3-D components of at least ``OTHER_AIR_MIN_ML``: airway, gastric and bowel gas, not the
+    air bronchograms inside a consolidation (small pockets the lungs' topology leaves out)."""
+    labels, count = ndimage.label(mask)
+    if count == 0:
+        return mask
+    sizes = np.bincount(labels.ravel())
+    keep = sizes * voxel_ml >= OTHER_AIR_MIN_ML
+    keep[0] = False
+    return np.asarray(keep[labels])
 
 
 def non_lung_mask(
@@ -52,9 +70,10 @@ def non_lung_mask(
     lungs, other = lung_and_other_air(volume, factor, body)
     coarse_learned = block_any(learned, factor)
     drop = np.zeros(body.shape, dtype=bool)
-    if other.any():
+    other = _large_components(other, volume.voxel_volume_ml * factor * factor)
+    if other.any():  # with one coarse pixel of wall: the lungs may touch it, not overlap it
         drop |= ndimage.binary_dilation(other, _SLICE_SQUARE, iterations=OTHER_AIR_WALL_PX)
-    near_lung = ndimage.binary_dilation(lungs, _SLICE_SQUARE, iterations=LUNG_CONTACT_PX)
+    near_lung = ndimage.binary_dilation(lungs, _NEIGHBOURS_3D, iterations=LUNG_CONTACT_PX)
     pieces, count = ndimage.label(coarse_learned & ~drop, structure=_SLICE_SQUARE)
     if count:
         touching = np.zeros(count + 1, dtype=bool)
