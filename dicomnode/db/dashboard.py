@@ -1,6 +1,6 @@
-"""What the dashboard shows beside each study: the newest finished job's classification, the
-radiologist's verdict on it, and the path of one stored instance (its header gives the study
-date, which the database does not hold)."""
+"""What the dashboard shows beside each study: the newest finished job's classification (its
+verdict when the summary carries one), the radiologist's verdict on it, and the path of one
+stored instance (its header gives the study date, which the database does not hold)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from dicomnode.db.ai_verdict import AIVerdict, ai_verdict
 from dicomnode.db.models import Instance, Job, JobState, Series, Study, Verdict
 
 
@@ -18,6 +19,7 @@ class StudyExtra:
     job_id: int | None
     classification: str  # "" when no finished job classified the study
     p_covid: float | None
+    ai_verdict: AIVerdict | None  # the classifier's own verdict; None for older jobs
     verdict: str  # "agree", "disagree" or "" (not reviewed)
     reviewer: str
     instance_path: str  # relative to the data directory; "" when none is stored
@@ -63,6 +65,7 @@ def study_extras(session: Session, study_uids: Collection[str]) -> dict[str, Stu
             job_id=job.id if job is not None else None,
             classification=str(block.get("label", "")) if isinstance(block, dict) else "",
             p_covid=block.get("p_covid") if isinstance(block, dict) else None,
+            ai_verdict=ai_verdict(job.summary) if job is not None else None,
             verdict=verdict.classification if verdict is not None else "",
             reviewer=verdict.user_name if verdict is not None else "",
             instance_path=paths.get(study_id, ""),

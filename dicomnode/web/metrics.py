@@ -33,6 +33,7 @@ from sqlalchemy.orm import Session
 
 from dicomnode import __version__
 from dicomnode.contracts import EventKind
+from dicomnode.db.ai_verdict import verdict_counts
 from dicomnode.db.models import utcnow
 from dicomnode.db.queries import counts as count_queries
 from dicomnode.review.gauges import validation_metrics
@@ -201,6 +202,13 @@ class NodeCollector(Collector):
         yield _histogram("dicomnode_job_seconds",
                          "Duration of finished jobs, from the start of their last attempt.",
                          None, [("", self._timings.jobs)])
+        verdicts = GaugeMetricFamily("dicomnode_verdicts",
+                                     "Done jobs by the classifier's verdict call (summary "
+                                     "verdict; jobs without one are not counted).",
+                                     labels=["call"])
+        for call, count in verdict_counts(session).items():
+            verdicts.add_metric([call], count)
+        yield verdicts
         yield from validation_metrics(session)
 
 

@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from dicomnode import __version__
+from dicomnode.db.ai_verdict import ai_verdict
 from dicomnode.db.dashboard import study_extras
 from dicomnode.db.models import utcnow
 from dicomnode.db.queries.counts import totals
@@ -109,7 +110,8 @@ def make_templates() -> Jinja2Templates:
     )
     env.filters.update(utc=_utc, ago=_ago, short_uid=_short_uid, status_hex=_status_hex)
     env.globals.update(duration=_duration, version=__version__, group_results=group_results,
-                       fold_events=fold_events, attention_shown=ATTENTION_SHOWN)
+                       fold_events=fold_events, attention_shown=ATTENTION_SHOWN,
+                       ai_verdict=ai_verdict)
     return Jinja2Templates(env=env)
 
 

@@ -98,3 +98,18 @@ def test_receiver_up_gauge(node_state: NodeState) -> None:
         app = create_app(node_state.settings, node_state.sessions, node_state.storage,
                          receiver_alive=lambda alive=alive: alive)
         assert scrape(make_client(node_state, app)).value("dicomnode_receiver_up") == int(alive)
+
+
+def test_verdicts_by_call(fresh_state: NodeState) -> None:
+    client = make_client(fresh_state)
+    before = scrape(client)  # the fixture job's summary has no verdict block
+    assert before.families["dicomnode_verdicts"].type == "gauge"
+    for call in ("positive", "negative", "indeterminate", "not assessed", "not run"):
+        assert before.value("dicomnode_verdicts", call=call) == 0
+    with fresh_state.sessions() as s, s.begin():
+        job = s.get_one(Job, fresh_state.job_id)
+        job.summary = {**(job.summary or {}),
+                       "verdict": {"call": "not assessed", "statement": "outside"}}
+    after = scrape(client)
+    assert after.value("dicomnode_verdicts", call="not assessed") == 1
+    assert after.value("dicomnode_verdicts", call="positive") == 0

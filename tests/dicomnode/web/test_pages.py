@@ -9,7 +9,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import update
 
-from dicomnode.db.models import Export, ExportState, Series
+from dicomnode.db.models import Export, ExportState, Job, Series
 from dicomnode.web import pages
 from tests.dicomnode.conftest import both_backends
 
@@ -130,3 +130,41 @@ def test_page_size_paging(node_state: NodeState, monkeypatch: pytest.MonkeyPatch
     second = client.get("/node/?offset=1").text
     assert f"/node/studies/{node_state.study_b}" in first and "older →" in first
     assert f'href="/node/studies/{node_state.study_a}"><code' in second and "← newer" in second
+
+
+NOT_ASSESSED = {"call": "not assessed", "statement": "outside the validated domain: not assessed",
+                "p_covid_calibrated": 1.0, "p_covid_raw": 1.0, "in_validated_domain": False}
+
+
+def give_verdict(state: NodeState, verdict: dict[str, object]) -> None:
+    """The fixture job's summary as the pipeline now writes it: a verdict beside a confident
+    classification."""
+    with state.sessions() as s, s.begin():
+        job = s.get_one(Job, state.job_id)
+        job.summary = {**(job.summary or {}), "verdict": verdict,
+                       "classification": {"label": "covid19", "p_covid": 1.0}}
+
+
+def test_dashboard_and_study_page_show_the_verdict(fresh_state: NodeState) -> None:
+    client = make_client(fresh_state)
+    older = client.get("/node/").text  # a job without a verdict block shows as before
+    assert "<strong>covid</strong>" in older and "0.91" in older
+    give_verdict(fresh_state, NOT_ASSESSED)
+    html = client.get("/node/").text
+    assert '<strong class="ai-call">not assessed</strong>' in html
+    assert "outside the validated domain: not assessed" in html
+    assert "covid19" not in html and "1.00" not in html
+    study = client.get(f"/node/studies/{fresh_state.study_a}").text
+    assert '<strong class="ai-call">not assessed</strong>' in study
+    assert "outside the validated domain" in study
+    assert "p(COVID-19) 1.00" not in study and "<strong>covid19</strong>" not in study
+    job = client.get(f"/api/jobs/{fresh_state.job_id}").json()
+    assert job["summary"]["verdict"]["call"] == "not assessed"
+
+
+def test_a_malformed_verdict_block_falls_back_to_the_classification(
+    fresh_state: NodeState,
+) -> None:
+    give_verdict(fresh_state, {"call": "<b>maybe</b>", "statement": "x"})
+    html = make_client(fresh_state).get("/node/").text
+    assert "<strong>covid19</strong>" in html and "maybe" not in html
