@@ -22,7 +22,7 @@ from dicomnode.delivering.exporter import Exporter
 from dicomnode.receiving.scp import start_receiver
 from tests.peers.orthanc import OrthancPeer
 
-from .results_factory import add_results
+from .results_factory import add_results, deliver
 
 
 class SilentPeer:
@@ -167,8 +167,8 @@ def test_read_back_query_confirms_without_commitment(settings, sessions, storage
     add_results(sessions, storage.root, queued_job, ["SEG", "OVERLAY", "OVERLAY"], ["pacs"])
     exporter = exporter_for(settings, sessions, storage, [pacs_destination(orthanc,
                                                                            confirm="query")])
-    assert exporter.run_once() == 1  # the SEG first; the overlay waits for it
-    assert exporter.run_once() == 2
+    assert deliver(exporter, 1) == 1  # the SEG first; the overlay waits for it
+    assert deliver(exporter, 2) == 2
     time.sleep(0.3)
     exporter.run_once()
     assert set(states(sessions).values()) == {"committed"}
@@ -190,7 +190,7 @@ def test_status_and_metrics_tell_sent_from_committed(tmp_path, settings, session
     exporter = exporter_for(settings, sessions, storage, [pacs_destination(orthanc,
                                                                            confirm="query")],
                             confirm_after_s=30.0)
-    assert exporter.run_once() == 2  # sent; not yet confirmed
+    assert deliver(exporter, 2) == 2  # sent; not yet confirmed
     with sessions() as session:
         sent_only = exports_by_state(render(session, JobTimings(), None))
     assert (sent_only["sent"], sent_only["committed"]) == (2, 0)
