@@ -39,7 +39,7 @@ from pathlib import Path
 from types import TracebackType
 
 from tests.peers.ports import LOOPBACK_HOST, free_port
-from tests.peers.processes import MissingPeerError, log_tail
+from tests.peers.processes import MissingPeerError, log_tail, stop_process
 
 DEFAULT_BIN_DIR = Path("/usr/lib/postgresql/15/bin")
 SERVICE_USER = "postgres"
@@ -191,13 +191,8 @@ class PostgresServer:
     def stop(self) -> None:
         """Fast shutdown (SIGINT), kill after a grace period; remove the temporary folder."""
         proc, self._proc = self._proc, None
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(timeout=STOP_GRACE_S)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=STOP_GRACE_S)
+        if proc is not None:
+            stop_process(proc, STOP_GRACE_S, signal.SIGINT)
         if self.root is not None:
             shutil.rmtree(self.root, ignore_errors=True)
             self.root = None

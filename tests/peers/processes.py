@@ -76,11 +76,14 @@ def peer_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-def stop_process(proc: subprocess.Popen[bytes], grace_s: float = STOP_GRACE_S) -> int | None:
-    """Terminate ``proc`` (SIGTERM), kill it if it outlives ``grace_s``; return its exit code."""
+def stop_process(
+    proc: subprocess.Popen[bytes], grace_s: float = STOP_GRACE_S, sig: int = signal.SIGTERM
+) -> int | None:
+    """Stop ``proc`` with ``sig`` (SIGTERM), kill it if it outlives ``grace_s``; return its
+    exit code."""
     if proc.poll() is not None:
         return proc.returncode
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(sig)
     try:
         return proc.wait(timeout=grace_s)
     except subprocess.TimeoutExpired:
