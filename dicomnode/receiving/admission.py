@@ -117,6 +117,13 @@ class GuardedAssociationServer(ThreadedAssociationServer):
     rules: AdmissionRules
     max_data_set_bytes: int = 0  # set by ``wire.make_server``
     max_pdu_bytes: int = 0
+    store_service: Any = None  # ``handlers.StoreService``: C-STORE served without pynetdicom's
+
+    def shutdown(self) -> None:
+        """Stop accepting, then commit the rows of the instances already acknowledged."""
+        super().shutdown()
+        if self.store_service is not None:
+            self.store_service.close()
 
     def __init__(self, *args: Any, rules: AdmissionRules, **kwargs: Any) -> None:
         self.rules = rules

@@ -11,17 +11,18 @@ from __future__ import annotations
 from pydicom import Dataset
 from pydicom.uid import UID
 
+from dicomnode.receiving.headers import int_value, is_empty, text_value
 from dicomnode.receiving.statuses import StoreStatus
 
 PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 
 
 def _count(ds: Dataset, keyword: str, default: int | None = None) -> int | None:
-    value = ds.get(keyword, default)
-    try:
-        return int(value) if value not in (None, "") else default
-    except (TypeError, ValueError):
-        return None
+    """The element's integer value; ``default`` when absent or empty, None when malformed."""
+    value = int_value(ds, keyword)
+    if value is not None:
+        return value
+    return default if is_empty(ds, keyword) else None
 
 
 def decoded_pixel_bytes(ds: Dataset) -> int | None:
@@ -33,7 +34,7 @@ def decoded_pixel_bytes(ds: Dataset) -> int | None:
     if any(d is None or d < 1 for d in dims):
         return None
     total_bits = rows * columns * bits * samples * frames  # type: ignore[operator]
-    if str(ds.get("PhotometricInterpretation", "")) == "YBR_FULL_422":
+    if text_value(ds, "PhotometricInterpretation") == "YBR_FULL_422":
         total_bits = total_bits * 2 // 3  # chroma shared by two pixels
     return (total_bits + 7) // 8
 

@@ -26,16 +26,15 @@ from pynetdicom.dsutils import decode
 from pynetdicom.service_class import StorageServiceClass
 from pynetdicom.utils import make_target
 
-from dicomnode.receiving.statuses import StoreStatus
+from dicomnode.receiving.commands import StoreCommand, parse_store_command, store_response_pdu
+from dicomnode.receiving.handlers import Answer, StoreRequest, StoreService
+from dicomnode.receiving.statuses import REFUSAL_ATTR, Refusal, StoreStatus
 
 log = logging.getLogger(__name__)
 
 COMMAND_MAX_BYTES = 64 * 1024  # a C-STORE command set is a few hundred bytes
 NO_DATA_SET = 0x0101
 ASSOCIATION_POLL_S = 0.005
-REFUSAL_ATTR = "_dicomnode_refusal"
-
-Refusal = tuple[StoreStatus, str]
 
 
 def lenient_uid(value: Any) -> tuple[bool, str]:
@@ -47,11 +46,6 @@ def lenient_uid(value: Any) -> tuple[bool, str]:
 
 def install_lenient_uid_validator() -> None:
     _config.VALIDATORS["UI"] = lenient_uid
-
-
-def refusal_of(request: Any) -> Refusal | None:
-    refusal: Refusal | None = getattr(request, REFUSAL_ATTR, None)
-    return refusal
 
 
 class _Inflater:
@@ -95,9 +89,12 @@ def _complete_store_request(request: C_STORE) -> None:
 class BoundedDIMSE(DIMSEServiceProvider):
     """pynetdicom's DIMSE provider with bounded, copy-light assembly of received messages."""
 
-    def __init__(self, assoc: Any, max_data_set_bytes: int) -> None:
+    def __init__(
+        self, assoc: Any, max_data_set_bytes: int, store: StoreService | None = None
+    ) -> None:
         super().__init__(assoc)
         self._max = max_data_set_bytes
+        self._store = store
         self._reset()
 
     def _reset(self) -> None:
@@ -108,6 +105,7 @@ class BoundedDIMSE(DIMSEServiceProvider):
         self._size = 0
         self._refusal: Refusal | None = None
         self._inflater: _Inflater | None = None
+        self._store_command: StoreCommand | None = None
 
     def receive_primitive(self, primitive: Any) -> None:
         for context_id, data in primitive.presentation_data_value_list:
@@ -130,18 +128,23 @@ class BoundedDIMSE(DIMSEServiceProvider):
                     self._dispatch()
 
     def _command_done(self, context_id: int) -> bool:
-        try:
-            command = decode(BytesIO(bytes(self._command)), True, True)
-            kind = _MESSAGE_TYPES[int(command.CommandField)][1]
-            has_data = int(command.CommandDataSetType) != NO_DATA_SET
-        except Exception as exc:  # a command set that cannot be read cannot be answered
-            self._abort(f"undecodable command set ({type(exc).__name__})")
-            return False
-        self._command_set, self._context_id = command, context_id
-        self._kind = kind
-        if not has_data:
-            self._dispatch()
-            return True
+        store = parse_store_command(bytes(self._command)) if self._store is not None else None
+        if store is not None:  # the direct path: no pydicom decode, see ``_serve_direct``
+            self._store_command, self._command_set = store, store
+            self._context_id = context_id
+        else:
+            try:
+                command = decode(BytesIO(bytes(self._command)), True, True)
+                kind = _MESSAGE_TYPES[int(command.CommandField)][1]
+                has_data = int(command.CommandDataSetType) != NO_DATA_SET
+            except Exception as exc:  # a command set that cannot be read cannot be answered
+                self._abort(f"undecodable command set ({type(exc).__name__})")
+                return False
+            self._command_set, self._context_id = command, context_id
+            self._kind = kind
+            if not has_data:
+                self._dispatch()
+                return True
         try:
             syntax = self.assoc._accepted_cx[context_id].transfer_syntax[0]
         except (KeyError, IndexError, AttributeError):
@@ -174,6 +177,12 @@ class BoundedDIMSE(DIMSEServiceProvider):
         self._chunks = []
 
     def _dispatch(self) -> None:
+        if self._store_command is not None:
+            command, context_id = self._store_command, int(self._context_id or 0)
+            data, refusal = BytesIO(b"".join(self._chunks)), self._refusal
+            self._reset()
+            self._serve_direct(command, context_id, data, refusal)
+            return
         message = DIMSEMessage()
         message.__class__ = self._kind
         message.command_set = self._command_set
@@ -237,6 +246,48 @@ class BoundedDIMSE(DIMSEServiceProvider):
             return
         self.cancel_req = {}
         StorageServiceClass(assoc).SCP(request, context)
+
+    def _serve_direct(
+        self, command: StoreCommand, context_id: int, data: BytesIO, refusal: Refusal | None
+    ) -> None:
+        """Store and answer a C-STORE in this thread, without pynetdicom's service class.
+
+        The response PDU is written to the socket here when nothing else waits to be sent
+        (nothing can then be sent between the PDUs of another message); otherwise it joins
+        pynetdicom's send queue behind what is there."""
+        assoc = self.assoc
+        context = assoc._accepted_cx.get(context_id)
+        if context is None or self._store is None:
+            self._abort(f"C-STORE on presentation context {context_id}, which was not accepted")
+            return
+        self.cancel_req = {}
+        request = StoreRequest(
+            sop_instance_uid=command.sop_instance_uid, sop_class_uid=command.sop_class_uid,
+            calling_ae_title=str(assoc.requestor.ae_title).strip(),
+            transfer_syntax=str(context.transfer_syntax[0]), data_set=data, refusal=refusal,
+        )
+        try:
+            answer = self._store.store(request)
+        except Exception:  # as pynetdicom answers an exception in a C-STORE handler
+            log.exception("exception while storing instance %s", command.sop_instance_uid)
+            answer = Answer(int(StoreStatus.PROCESSING_FAILURE), "unexpected error")
+        if not assoc.is_established:
+            return
+        dul = self.dul
+        sock = dul.socket
+        if sock is not None and dul.to_provider_queue.empty():
+            sock.send(store_response_pdu(context_id, command, answer.status, answer.comment))
+            return
+        response = C_STORE()
+        response.MessageIDBeingRespondedTo = command.message_id
+        if command.sop_class_uid:
+            response.AffectedSOPClassUID = command.sop_class_uid
+        if command.sop_instance_uid:
+            response.AffectedSOPInstanceUID = command.sop_instance_uid
+        response.Status = answer.status
+        if answer.comment and answer.status:
+            response.ErrorComment = answer.comment  # type: ignore[assignment]
+        self.send_msg(response, context_id)
 
     def _abort(self, reason: str) -> None:
         log.warning("malformed DIMSE message from the peer (%s); aborting", reason)

@@ -19,9 +19,10 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from dicomnode.config import NodeSettings
 from dicomnode.db.records import InstanceRecorder
+from dicomnode.db.row_writer import RowWriter
 from dicomnode.errors import ConfigError
 from dicomnode.receiving.admission import AdmissionRules, log_rejection
-from dicomnode.receiving.handlers import handle_echo, handle_store
+from dicomnode.receiving.handlers import StoreService, handle_echo
 from dicomnode.receiving.messages import install_lenient_uid_validator
 from dicomnode.receiving.storage import Storage
 from dicomnode.receiving.wire import make_server
@@ -164,11 +165,12 @@ def start_receiver(
     ``commitment_reports``: an EVT_N_EVENT_REPORT handler; when given, the receiver also
     accepts Storage Commitment reports (a PACS confirming the objects the exporter sent)."""
     ae = build_ae(settings)
+    max_bytes = settings.max_instance_mb * 1024 * 1024
+    service = StoreService(storage, recorder, max_bytes, rows=RowWriter(recorder))
     handlers: list[Any] = [
         (evt.EVT_CONN_OPEN, _on_conn_open),
         (evt.EVT_C_ECHO, handle_echo),
-        (evt.EVT_C_STORE, handle_store,
-         [storage, recorder, settings.max_instance_mb * 1024 * 1024]),
+        (evt.EVT_C_STORE, service.handle_event),
         (evt.EVT_RELEASED, _on_released_or_aborted),
         (evt.EVT_ABORTED, _on_released_or_aborted),
     ]
@@ -184,7 +186,7 @@ def start_receiver(
     server = make_server(
         ae, (settings.host, settings.port), ssl_context=tls_context(settings),
         handlers=handlers, rules=admission_rules(settings),
-        max_data_set_bytes=settings.max_instance_mb * 1024 * 1024,
+        max_data_set_bytes=max_bytes, store_service=service,
     )
     thread = threading.Thread(target=server.serve_forever, name="dicom-accept", daemon=True)
     thread.start()

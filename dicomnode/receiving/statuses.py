@@ -21,3 +21,14 @@ class StoreStatus(enum.IntEnum):
     INVALID_STUDY_OR_SERIES_UID = 0xC221  # missing or malformed Study/Series Instance UID
     UID_CONFLICT = 0xC222  # SOP Instance UID already stored with another study/series/content
     CANNOT_RECORD = 0xC230  # file written but the database row could not be committed
+
+
+# A request refused while it was still arriving (too large, corrupt deflate stream): the status
+# and comment ride on the request until the handler answers it.
+Refusal = tuple[StoreStatus, str]
+REFUSAL_ATTR = "_dicomnode_refusal"
+
+
+def refusal_of(request: object) -> Refusal | None:
+    refusal: Refusal | None = getattr(request, REFUSAL_ATTR, None)
+    return refusal

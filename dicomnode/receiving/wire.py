@@ -20,6 +20,7 @@ from pynetdicom.association import Association
 from pynetdicom.transport import AssociationSocket, RequestHandler
 
 from dicomnode.receiving.admission import GuardedAssociationServer
+from dicomnode.receiving.handlers import StoreService
 from dicomnode.receiving.messages import BoundedDIMSE
 
 log = logging.getLogger(__name__)
@@ -93,7 +94,7 @@ class GuardedRequestHandler(RequestHandler):
         request = server.take_request(self.request)
         sock = ReplaySocket(assoc, self.request, request.pdu, server.max_pdu_bytes)
         assoc.set_socket(sock)
-        assoc.dimse = BoundedDIMSE(assoc, server.max_data_set_bytes)
+        assoc.dimse = BoundedDIMSE(assoc, server.max_data_set_bytes, server.store_service)
         acceptor = assoc.acceptor
         acceptor.maximum_length = self.ae.maximum_pdu_size
         acceptor.ae_title = server.ae_title
@@ -114,12 +115,13 @@ class GuardedRequestHandler(RequestHandler):
 
 def make_server(
     ae: Any, address: tuple[str, int], *, ssl_context: Any, handlers: list[Any], rules: Any,
-    max_data_set_bytes: int,
+    max_data_set_bytes: int, store_service: StoreService | None = None,
 ) -> GuardedAssociationServer:
     server = GuardedAssociationServer(
         ae, address, ae.ae_title, ae.supported_contexts, ssl_context, handlers,
         request_handler=GuardedRequestHandler, rules=rules,
     )
     server.max_data_set_bytes = max_data_set_bytes
+    server.store_service = store_service
     server.max_pdu_bytes = (ae.maximum_pdu_size or max_data_set_bytes) + PDU_OVERHEAD_BYTES
     return server

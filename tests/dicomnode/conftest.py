@@ -89,6 +89,26 @@ def ct_dataset(
     return ds
 
 
+def wait_for_instances(
+    sessions: sessionmaker[Session], count: int, timeout_s: float = 10.0
+) -> None:
+    """Wait until ``count`` instance rows are committed: the receiver acknowledges an instance
+    once its file is synced, and its row follows in the row writer's next group commit."""
+    import time
+
+    from sqlalchemy import func, select
+
+    from dicomnode.db.models import Instance
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        with sessions() as session:
+            found = session.scalar(select(func.count()).select_from(Instance)) or 0
+        if found >= count or time.monotonic() > deadline:
+            return
+        time.sleep(0.02)
+
+
 def ct_series(n: int, **kwargs: object) -> list[Dataset]:
     study = generate_uid(prefix=None)
     series = generate_uid(prefix=None)

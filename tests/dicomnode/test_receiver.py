@@ -25,7 +25,7 @@ from dicomnode.config import NodeSettings
 from dicomnode.db.models import Event, Instance, Series
 from dicomnode.receiving.statuses import StoreStatus
 
-from .conftest import ct_dataset, ct_series
+from .conftest import ct_dataset, ct_series, wait_for_instances
 
 
 def _assoc(node: NodeSettings, *, calling: str = "TESTSCU", called: str | None = None,
@@ -57,6 +57,7 @@ def test_store_is_durable_and_recorded(receiver, sessions, settings) -> None:
     series = ct_series(3)
     statuses = _store(receiver, series)
     assert [s.Status for s in statuses] == [0, 0, 0]
+    wait_for_instances(sessions, 3)
     with sessions() as session:
         rows = session.scalars(select(Instance).order_by(Instance.instance_number)).all()
         assert [r.sop_instance_uid for r in rows] == [ds.SOPInstanceUID for ds in series]
@@ -75,6 +76,7 @@ def test_same_instance_twice_is_stored_once(receiver, sessions) -> None:
     ds = ct_series(1)[0]
     assert [s.Status for s in _store(receiver, [ds, ds])] == [0, 0]
     assert [s.Status for s in _store(receiver, [ds])] == [0]
+    wait_for_instances(sessions, 1)
     with sessions() as session:
         assert session.scalar(select(func.count()).select_from(Instance)) == 1
         assert session.scalar(select(Series.instance_count)) == 1
@@ -99,6 +101,7 @@ def test_malformed_instances_get_a_precise_status(
     assert results[0].Status == status
     assert results[0].ErrorComment  # the reason travels back to the sender
     assert results[1].Status == 0, "the association and node stay usable"
+    wait_for_instances(sessions, 1)
     with sessions() as session:
         assert session.scalar(select(func.count()).select_from(Instance)) == 1
     spool = settings.node.data_dir / "spool"
@@ -121,7 +124,10 @@ def test_sop_instance_uid_mismatch_refused(receiver) -> None:
 def test_sop_class_mismatch_gives_a900(storage, sessions) -> None:
     """A data set whose SOP Class differs from the request's (pynetdicom's SCU cannot send
     one, so the handler is called with the event fields it reads)."""
+    from io import BytesIO
     from types import SimpleNamespace
+
+    from pynetdicom.dsutils import encode
 
     from dicomnode.db.records import InstanceRecorder
     from dicomnode.receiving.handlers import handle_store
@@ -130,10 +136,11 @@ def test_sop_class_mismatch_gives_a900(storage, sessions) -> None:
     ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.4"  # MR Image Storage inside a CT request
     event = SimpleNamespace(
         request=SimpleNamespace(
-            AffectedSOPInstanceUID=ds.SOPInstanceUID, AffectedSOPClassUID=CTImageStorage
+            AffectedSOPInstanceUID=ds.SOPInstanceUID, AffectedSOPClassUID=CTImageStorage,
+            DataSet=BytesIO(encode(ds, False, True)),
         ),
         assoc=SimpleNamespace(requestor=SimpleNamespace(ae_title="TESTSCU")),
-        dataset=ds,
+        context=SimpleNamespace(transfer_syntax="1.2.840.10008.1.2.1"),
     )
     status = handle_store(event, storage, InstanceRecorder(sessions))  # type: ignore[arg-type]
     assert status.Status == StoreStatus.DATASET_DOES_NOT_MATCH_SOP_CLASS
@@ -215,6 +222,7 @@ def test_each_transfer_syntax_is_accepted_and_kept(receiver, settings, sessions,
         ds.file_meta.TransferSyntaxUID = syntax
     (status,) = _store(receiver, [ds], syntaxes=(syntax,))
     assert status.Status == 0
+    wait_for_instances(sessions, 1)
     with sessions() as session:
         row = session.scalars(select(Instance)).one()
         assert row.transfer_syntax_uid == syntax

@@ -34,7 +34,7 @@ from dicomnode.receiving.scp import start_receiver
 from dicomnode.receiving.statuses import StoreStatus
 from tests.peers.dcmtk import storescu
 
-from .conftest import ct_dataset, ct_series
+from .conftest import ct_dataset, ct_series, wait_for_instances
 
 LIMIT_MB = 8
 
@@ -180,6 +180,7 @@ def test_identical_resend_succeeds_conflicting_one_is_refused_and_logged(receive
     assert [int(s.Status) for s in statuses] == [0, 0, StoreStatus.UID_CONFLICT,
                                                  StoreStatus.UID_CONFLICT]
     assert "another study" in statuses[2].ErrorComment
+    wait_for_instances(sessions, 1)
     with sessions() as session:
         assert session.scalar(select(func.count()).select_from(Instance)) == 1
         conflicts = session.scalars(select(Event).where(Event.kind == "instance-conflict")).all()
@@ -240,6 +241,7 @@ def test_four_associations_at_once_share_commits_and_lose_nothing(receiver, sess
     with ThreadPoolExecutor(4) as pool:
         statuses = list(pool.map(send, series))
     assert statuses == [[0] * 12] * 4
+    wait_for_instances(sessions, 48)
     with sessions() as session:
         assert session.scalar(select(func.count()).select_from(Instance)) == 48
         assert sorted(session.scalars(select(Series.instance_count))) == [12, 12, 12, 12]
