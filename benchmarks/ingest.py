@@ -173,7 +173,7 @@ def run(
     all_series = _series(source, work_dir, slices, max(associations))
     files = all_series[0]
     size_mb = sum(p.stat().st_size for p in files) / 1e6
-    print(f"series: {len(files)} CT slices, {size_mb:.1f} MB each, JPEG Lossless SV1, "
+    print(f"series: {len(files)} CT slices, {size_mb:.1f} MB per series, JPEG Lossless SV1, "
           f"from {source}")
     print(f"modes: {', '.join(f'{n} association(s) at once' for n in associations)}")
     print(f"machine: {machine_line()}")

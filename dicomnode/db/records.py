@@ -7,7 +7,7 @@ from collections import Counter
 from dataclasses import dataclass, fields
 from datetime import datetime
 
-from sqlalchemy import Engine, bindparam, insert, select, text, update
+from sqlalchemy import Connection, Engine, bindparam, insert, select, text, update
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
@@ -244,31 +244,44 @@ class InstanceRecorder:
     def _record_batch(self, recs: list[InstanceRecord]) -> list[bool]:
         """Several rows in one transaction; series and studies touched once each."""
         now = utcnow()
+        new_ids: dict[str, tuple[int, int]] = {}
+        if all(r.series_instance_uid in self._series_ids for r in recs):
+            # the usual case: known series, a held connection, no session
+            with self._writes.connection() as conn, conn.begin():
+                results = self._insert_rows(conn, recs, now, new_ids)
+            return results
+        with self._sessions() as session, session.begin():
+            results = self._insert_rows(session.connection(), recs, now, new_ids, session)
+        self._series_ids.update(new_ids)
+        return results
+
+    def _insert_rows(
+        self, conn: Connection, recs: list[InstanceRecord], now: datetime,
+        new_ids: dict[str, tuple[int, int]], session: Session | None = None,
+    ) -> list[bool]:
         results: list[bool] = []
         series_added: Counter[int] = Counter()
         studies: set[int] = set()
-        new_ids: dict[str, tuple[int, int]] = {}
-        with self._sessions() as session, session.begin():
-            conn = session.connection()
-            for rec in recs:
-                study_id, series_id = new_ids.get(rec.series_instance_uid) or self._ids(
-                    session, rec, now
-                )
-                new_ids[rec.series_instance_uid] = (study_id, series_id)
-                values = _row_values(rec)
-                insert_row = _INSERT_INSTANCE.get(conn.dialect.name, _INSERT_INSTANCE["sqlite"])
-                inserted = conn.execute(
-                    insert_row, {"series_id": series_id, "received_at": now, **values}
-                ).first() is not None
-                results.append(inserted)
-                if inserted:
-                    series_added[series_id] += 1
-                    studies.add(study_id)
-            for series_id, count in series_added.items():
-                conn.execute(_TOUCH_SERIES_BY, {"sid": series_id, "now": now, "n": count})
-            for study_id in studies:
-                conn.execute(_TOUCH_STUDY, {"sid": study_id, "now": now})
-        self._series_ids.update(new_ids)
+        insert_row = _INSERT_INSTANCE.get(conn.dialect.name, _INSERT_INSTANCE["sqlite"])
+        for rec in recs:
+            ids = new_ids.get(rec.series_instance_uid) or self._series_ids.get(
+                rec.series_instance_uid)
+            if ids is None:
+                if session is None:
+                    raise RuntimeError("a new series needs a session to be created")
+                ids = self._ids(session, rec, now)
+            study_id, series_id = new_ids[rec.series_instance_uid] = ids
+            inserted = conn.execute(
+                insert_row, {"series_id": series_id, "received_at": now, **_row_values(rec)}
+            ).first() is not None
+            results.append(inserted)
+            if inserted:
+                series_added[series_id] += 1
+                studies.add(study_id)
+        for series_id, count in series_added.items():
+            conn.execute(_TOUCH_SERIES_BY, {"sid": series_id, "now": now, "n": count})
+        for study_id in studies:
+            conn.execute(_TOUCH_STUDY, {"sid": study_id, "now": now})
         return results
 
     def _record_once(self, rec: InstanceRecord) -> bool:

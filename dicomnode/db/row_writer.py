@@ -45,7 +45,7 @@ class RowWriter:
 
     def __init__(
         self, recorder: InstanceRecorder, *, max_pending: int = 5000,
-        max_delay_s: float = 0.002, backlog_wait_s: float = 10.0,
+        max_delay_s: float = 0.01, backlog_wait_s: float = 10.0,
     ) -> None:
         self.recorder = recorder
         self.max_pending = max_pending
@@ -120,8 +120,8 @@ class RowWriter:
             group = self._take()
             if not group:
                 return  # closing, nothing left
-            if self.max_delay_s > 0 and len(group) == 1:
-                time.sleep(self.max_delay_s)  # let rows arriving together share the commit
+            if self.max_delay_s > 0:
+                time.sleep(self.max_delay_s)  # let rows arriving meanwhile share the commit
                 with self._cond:
                     group += self._queue
                     self._queue = []
