@@ -45,6 +45,7 @@ NODE_AET = "BENCHNODE"
 SENDER_AET = "BENCHSCU"
 NODE_QUIET_PERIOD_S = 3600.0  # no series is ever "complete" during the benchmark
 ARRIVAL_TIMEOUT_S = 60.0
+ROWS_SETTLE_S = 10.0
 
 
 class TargetUnavailableError(RuntimeError):
@@ -99,9 +100,15 @@ def bench_node(
         with node:
             send = functools.partial(_send_all, series, node.host, node.port, NODE_AET)
             measurement.seconds.append(timed(send))
-            stored = node.query("select count(*) from instances")[0][0]
-            if stored != items:
-                raise RuntimeError(f"node recorded {stored} of {items} instances")
+            # acknowledged = synced in the spool; the rows follow in the writer's group commits
+            try:
+                node.wait_for(
+                    lambda node=node: node.query("select count(*) from instances")[0][0] == items,
+                    ROWS_SETTLE_S, f"{items} instance rows",
+                )
+            except TimeoutError:
+                stored = node.query("select count(*) from instances")[0][0]
+                raise RuntimeError(f"node recorded {stored} of {items} instances") from None
     return measurement
 
 
