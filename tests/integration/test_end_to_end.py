@@ -128,6 +128,8 @@ def test_storescu_sends_study_in_each_compression(orthanc, covid_study, tmp_path
     with node_for(orthanc, tmp_path / "node") as node:
         sent = storescu(files, node.host, node.port, node.ae_title)
         assert sent.returncode == 0, sent.stderr[-2000:]
+        node.wait_for(lambda: node.query("select count(*) from instances")[0][0] == len(files),
+                      10, "every instance row")
         (stored_syntaxes,) = node.query(
             "select group_concat(distinct transfer_syntax_uid) from instances")
         assert stored_syntaxes[0] == (syntax or "1.2.840.10008.1.2.4.70")

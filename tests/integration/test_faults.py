@@ -141,7 +141,8 @@ def test_broken_and_path_escaping_uids_refused_node_stays_up(covid_study, tmp_pa
         assert not Path("/tmp/dicomnode-escape-probe").exists()
         good = storescu([covid_study.files[0]], node.host, node.port, node.ae_title)
         assert good.returncode == 0
-        assert node.query("select count(*) from instances") == [(1,)]
+        node.wait_for(lambda: node.query("select count(*) from instances") == [(1,)], 10,
+                      "the good instance's row")
 
 
 def test_original_covid_ct_md_files_are_refused(tmp_path) -> None:
