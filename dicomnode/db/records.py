@@ -6,8 +6,9 @@ import threading
 from collections import Counter
 from dataclasses import dataclass, fields
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import Connection, Engine, bindparam, insert, select, text, update
+from sqlalchemy import Connection, Engine, bindparam, insert, select, update
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
@@ -78,15 +79,18 @@ def _row_values(rec: InstanceRecord) -> dict[str, object]:
 
 
 _FIND_INSTANCE = select(Instance.id).where(Instance.sop_instance_uid == bindparam("uid"))
-# Plain SQL: the receiver runs this for every instance, and SQLAlchemy recompiled the ORM form
-# of this join on most calls (seen with py-spy); a text statement compiles once.
-_STORED_INSTANCE = text(
+# Run for every received instance through the driver's own cursor: SQLAlchemy's statement and
+# result set-up cost more CPU than this one index probe (py-spy, issue 9).
+_STORED_INSTANCE_SQL = (
     "SELECT studies.id, studies.study_instance_uid, series.series_instance_uid,"
     " instances.sop_class_uid, instances.transfer_syntax_uid, instances.path"
     " FROM instances JOIN series ON instances.series_id = series.id"
     " JOIN studies ON series.study_id = studies.id"
-    " WHERE instances.sop_instance_uid = :uid"
+    " WHERE instances.sop_instance_uid = {uid}"
 )
+_PLACEHOLDERS = {"qmark": "?", "format": "%s", "pyformat": "%s", "numeric": ":1", "named": ":uid"}
+
+
 # A duplicate SOP Instance UID (two associations racing) inserts nothing, on either engine;
 # RETURNING tells whether a row went in (rowcount is -1 on PostgreSQL once RETURNING is used).
 _INSERT_INSTANCE: dict[str, ReturningInsert[tuple[int]]] = {
@@ -162,7 +166,14 @@ class InstanceRecorder:
 
     def stored(self, sop_instance_uid: str) -> StoredInstance | None:
         with self._reads.connection() as conn:
-            row = conn.execute(_STORED_INSTANCE, {"uid": sop_instance_uid}).first()
+            style = conn.dialect.paramstyle
+            params: Any = {"uid": sop_instance_uid} if style == "named" else (sop_instance_uid,)
+            cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+            try:
+                cursor.execute(_STORED_INSTANCE_SQL.format(uid=_PLACEHOLDERS[style]), params)
+                row = cursor.fetchone()
+            finally:
+                cursor.close()
         return None if row is None else StoredInstance(*row)
 
     def record_conflict(self, study_id: int, message: str) -> None:

@@ -25,7 +25,7 @@ from dicomnode.db.row_writer import RowBacklogFullError, RowWriter, RowWriterUna
 from dicomnode.receiving.commands import parse_store_command, store_response_pdu
 from dicomnode.receiving.headers import instance_record, int_value, text_value
 
-from .conftest import ct_series
+from .conftest import both_backends, ct_series, wait_for_instances
 
 REAL_SERIES = (Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "covid-ct-md"
                / "series" / "COVID-19" / "P002")
@@ -211,3 +211,33 @@ def test_row_writer_refuses_when_its_backlog_does_not_drain(sessions) -> None:
         writer.check()
     gate.set()
     writer.close()
+
+
+@both_backends
+def test_receiver_stores_and_looks_up_on_both_engines(settings, storage, sessions) -> None:
+    """The direct path against the real receiver on SQLite and PostgreSQL: rows arrive after
+    the acknowledgement, a re-send is found by the driver-level lookup, a conflict is refused."""
+    from pynetdicom import AE
+
+    from dicomnode.receiving.scp import start_receiver
+
+    server = start_receiver(settings.node, storage, InstanceRecorder(sessions))
+    try:
+        series = ct_series(3)
+        ae = AE(ae_title="TESTSCU")
+        ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
+        assoc = ae.associate("127.0.0.1", settings.node.port, ae_title=settings.node.ae_title)
+        assert [int(assoc.send_c_store(ds).Status) for ds in series] == [0, 0, 0]
+        assert int(assoc.send_c_store(series[0]).Status) == 0  # identical re-send
+        other = ct_series(1)[0]
+        other.SOPInstanceUID = series[1].SOPInstanceUID  # same UID, another study
+        assert int(assoc.send_c_store(other).Status) == 0xC222
+        assoc.release()
+        wait_for_instances(sessions, 3)
+        recorder = InstanceRecorder(sessions)
+        found = recorder.stored(series[2].SOPInstanceUID)
+        assert found is not None and found.series_instance_uid == series[2].SeriesInstanceUID
+        assert recorder.stored("1.2.3.999") is None
+    finally:
+        server.shutdown()
+    assert _count(sessions) == 3
