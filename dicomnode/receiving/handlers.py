@@ -29,6 +29,7 @@ from dicomnode.db.row_writer import RowBacklogFullError, RowWriter, RowWriterUna
 from dicomnode.receiving.filemeta import file_header
 from dicomnode.receiving.headers import instance_record, uid_value
 from dicomnode.receiving.limits import pixel_problem
+from dicomnode.receiving.scan import ScanError, scan_top_level
 from dicomnode.receiving.statuses import Refusal, StoreStatus, refusal_of
 from dicomnode.receiving.storage import (
     DiskFullError,
@@ -89,8 +90,15 @@ def handle_echo(event: Event) -> int:
 
 
 def decode_data_set(data: BytesIO, transfer_syntax: str) -> Dataset:
-    """The received data set's elements (values decoded only when read)."""
+    """The received data set's elements (values decoded only when read): the top level from
+    ``scan.scan_top_level``, or all of it from pydicom when the scan cannot read it."""
     syntax = UID(transfer_syntax)
+    if syntax.is_little_endian and not syntax.is_deflated:
+        try:
+            with data.getbuffer() as view:
+                return scan_top_level(bytes(view), syntax.is_implicit_VR)
+        except ScanError:
+            pass
     return decode(data, syntax.is_implicit_VR, syntax.is_little_endian, syntax.is_deflated)
 
 

@@ -98,6 +98,7 @@ class Storage:
         min_free_mb: int = 0,
     ) -> None:
         self.root = Path(data_dir).resolve()
+        self._root_prefix = str(self.root).rstrip("/") + "/"
         self.fsync = fsync
         self.sync_directories = sync_directories
         self.min_free_bytes = max(0, min_free_mb) * 1024 * 1024
@@ -122,6 +123,9 @@ class Storage:
         return path
 
     def relative(self, path: Path) -> str:
+        text = str(path)
+        if text.startswith(self._root_prefix) and "/.." not in text:
+            return text[len(self._root_prefix):]  # the receiver's own paths, without pathlib
         path = Path(path)
         if path.is_absolute() and path.is_relative_to(self.root):
             return str(path.relative_to(self.root))  # no symlinks to resolve under the root
