@@ -99,15 +99,6 @@ _INSERT_INSTANCE: dict[str, ReturningInsert[tuple[int]]] = {
     .on_conflict_do_nothing(index_elements=["sop_instance_uid"])
     .returning(Instance.id),
 }
-_TOUCH_SERIES = (
-    update(Series)
-    .where(Series.id == bindparam("sid"))
-    .values(
-        instance_count=Series.instance_count + 1,
-        last_received_at=bindparam("now"),
-        state=SeriesState.RECEIVING,
-    )
-)
 # The newest job of the study an already stored instance belongs to.
 _NEWEST_JOB_OF_INSTANCE = (
     select(Job.state, Job.study_id)
@@ -296,35 +287,8 @@ class InstanceRecorder:
         return results
 
     def _record_once(self, rec: InstanceRecord) -> bool:
-        # Prebuilt statements, one short transaction: this runs once per received instance.
-        now = utcnow()
-        values = _row_values(rec)
-        cached = self._series_ids.get(rec.series_instance_uid)
-        if cached is not None:  # the usual case: a held connection, no session
-            study_id, series_id = cached
-            with self._writes.connection() as conn, conn.begin():
-                insert_row = _INSERT_INSTANCE.get(conn.dialect.name, _INSERT_INSTANCE["sqlite"])
-                inserted = conn.execute(
-                    insert_row, {"series_id": series_id, "received_at": now, **values}
-                )
-                if inserted.first() is None:
-                    return False
-                conn.execute(_TOUCH_SERIES, {"sid": series_id, "now": now})
-                conn.execute(_TOUCH_STUDY, {"sid": study_id, "now": now})
-            return True
-        with self._sessions() as session, session.begin():
-            study_id, series_id = self._ids(session, rec, now)
-            conn = session.connection()
-            insert_row = _INSERT_INSTANCE.get(conn.dialect.name, _INSERT_INSTANCE["sqlite"])
-            inserted = conn.execute(
-                insert_row, {"series_id": series_id, "received_at": now, **values}
-            )
-            if inserted.first() is None:
-                return False
-            conn.execute(_TOUCH_SERIES, {"sid": series_id, "now": now})
-            conn.execute(_TOUCH_STUDY, {"sid": study_id, "now": now})
-        self._series_ids[rec.series_instance_uid] = (study_id, series_id)
-        return True
+        """One row in its own short transaction (the batch path with one row)."""
+        return self._record_batch([rec])[0]
 
     def _ids(self, session: Session, rec: InstanceRecord, now: datetime) -> tuple[int, int]:
         cached = self._series_ids.get(rec.series_instance_uid)
