@@ -93,11 +93,12 @@ _PLACEHOLDERS = {"qmark": "?", "format": "%s", "pyformat": "%s", "numeric": ":1"
 
 # A duplicate SOP Instance UID (two associations racing) inserts nothing, on either engine;
 # RETURNING tells whether a row went in (rowcount is -1 on PostgreSQL once RETURNING is used).
-_INSERT_INSTANCE: dict[str, ReturningInsert[tuple[int]]] = {
-    "sqlite": insert(Instance).prefix_with("OR IGNORE", dialect="sqlite").returning(Instance.id),
+_INSERT_INSTANCE: dict[str, ReturningInsert[tuple[str]]] = {
+    "sqlite": insert(Instance).prefix_with("OR IGNORE", dialect="sqlite")
+    .returning(Instance.sop_instance_uid),
     "postgresql": postgresql.insert(Instance)
     .on_conflict_do_nothing(index_elements=["sop_instance_uid"])
-    .returning(Instance.id),
+    .returning(Instance.sop_instance_uid),
 }
 # The newest job of the study an already stored instance belongs to.
 _NEWEST_JOB_OF_INSTANCE = (
@@ -261,10 +262,9 @@ class InstanceRecorder:
         self, conn: Connection, recs: list[InstanceRecord], now: datetime,
         new_ids: dict[str, tuple[int, int]], session: Session | None = None,
     ) -> list[bool]:
-        results: list[bool] = []
-        series_added: Counter[int] = Counter()
-        studies: set[int] = set()
         insert_row = _INSERT_INSTANCE.get(conn.dialect.name, _INSERT_INSTANCE["sqlite"])
+        ids_of: list[tuple[int, int]] = []
+        rows: dict[str, dict[str, object]] = {}  # one insert per UID, in arrival order
         for rec in recs:
             ids = new_ids.get(rec.series_instance_uid) or self._series_ids.get(
                 rec.series_instance_uid)
@@ -272,12 +272,20 @@ class InstanceRecorder:
                 if session is None:
                     raise RuntimeError("a new series needs a session to be created")
                 ids = self._ids(session, rec, now)
-            study_id, series_id = new_ids[rec.series_instance_uid] = ids
-            inserted = conn.execute(
-                insert_row, {"series_id": series_id, "received_at": now, **_row_values(rec)}
-            ).first() is not None
-            results.append(inserted)
-            if inserted:
+            new_ids[rec.series_instance_uid] = ids
+            ids_of.append(ids)
+            rows.setdefault(rec.sop_instance_uid,
+                            {"series_id": ids[1], "received_at": now, **_row_values(rec)})
+        # one statement for the whole group; RETURNING names the rows that went in
+        inserted = {uid for (uid,) in conn.execute(insert_row, list(rows.values()))}
+        results: list[bool] = []
+        series_added: Counter[int] = Counter()
+        studies: set[int] = set()
+        for rec, (study_id, series_id) in zip(recs, ids_of, strict=True):
+            went_in = rec.sop_instance_uid in inserted
+            inserted.discard(rec.sop_instance_uid)  # a second copy in the group did not
+            results.append(went_in)
+            if went_in:
                 series_added[series_id] += 1
                 studies.add(study_id)
         for series_id, count in series_added.items():
