@@ -1,12 +1,15 @@
 """C-ECHO and C-STORE handling: validate, persist durably, record, answer a precise status.
 
 Handlers never run inference and hold nothing heavy: the analysis happens in worker processes.
-A success status is returned only after the file is synced under its final name and its row is
-committed (see ``dicomnode.receiving.storage`` and ``dicomnode.db.records``).
+A success status is returned only after the file is synced under its final name (the durability
+point, ``dicomnode.receiving.storage``); in the receiver its row then follows in the row
+writer's next group commit (``dicomnode.db.row_writer``), and the start-up re-index records it
+if the process dies first.
 
 ``StoreService.store`` is the one C-STORE path. The receiver calls it directly from the thread
-that read the request (``messages.BoundedDIMSE``); ``handle_store`` adapts a pynetdicom event to
-it for requests that take pynetdicom's general path.
+that read the request (``messages.BoundedDIMSE``); ``StoreService.handle_event`` adapts a
+pynetdicom event to it for requests that take pynetdicom's general path, and ``handle_store``
+does the same with the row committed before the answer (tests and tools).
 """
 
 from __future__ import annotations
