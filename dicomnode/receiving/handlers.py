@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 from pydicom import Dataset, dcmread
-from pydicom.uid import UID
 from pynetdicom.dsutils import decode
 from pynetdicom.events import Event
 from sqlalchemy.exc import SQLAlchemyError
@@ -32,7 +31,7 @@ from dicomnode.db.row_writer import RowBacklogFullError, RowWriter, RowWriterUna
 from dicomnode.receiving.filemeta import file_header
 from dicomnode.receiving.headers import instance_record, uid_value
 from dicomnode.receiving.limits import pixel_problem
-from dicomnode.receiving.scan import ScanError, scan_top_level
+from dicomnode.receiving.scan import ScanError, scan_top_level, syntax_of
 from dicomnode.receiving.statuses import Refusal, StoreStatus, refusal_of
 from dicomnode.receiving.storage import (
     DiskFullError,
@@ -95,14 +94,14 @@ def handle_echo(event: Event) -> int:
 def decode_data_set(data: BytesIO, transfer_syntax: str) -> Dataset:
     """The received data set's elements (values decoded only when read): the top level from
     ``scan.scan_top_level``, or all of it from pydicom when the scan cannot read it."""
-    syntax = UID(transfer_syntax)
-    if syntax.is_little_endian and not syntax.is_deflated:
+    syntax = syntax_of(transfer_syntax)
+    if syntax.little_endian and not syntax.deflated:
         try:
             with data.getbuffer() as view:
-                return scan_top_level(bytes(view), syntax.is_implicit_VR)
+                return scan_top_level(bytes(view), syntax.implicit)
         except ScanError:
             pass
-    return decode(data, syntax.is_implicit_VR, syntax.is_little_endian, syntax.is_deflated)
+    return decode(data, syntax.implicit, syntax.little_endian, syntax.deflated)
 
 
 def request_of(event: Event) -> StoreRequest:

@@ -9,9 +9,9 @@ least that long: a data set cut short in transit is refused, not acknowledged.
 from __future__ import annotations
 
 from pydicom import Dataset
-from pydicom.uid import UID
 
 from dicomnode.receiving.headers import int_value, is_empty, text_value
+from dicomnode.receiving.scan import syntax_of
 from dicomnode.receiving.statuses import StoreStatus
 
 PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
@@ -59,7 +59,7 @@ def pixel_problem(
             StoreStatus.INSTANCE_TOO_LARGE,
             f"{describe(ds)} pixels need {expected} bytes, over the limit",
         )
-    if UID(transfer_syntax).is_encapsulated:
+    if syntax_of(transfer_syntax).encapsulated:
         return None
     elem = ds[keyword]
     held = len(elem.value) if elem.value is not None else 0

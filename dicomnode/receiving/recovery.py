@@ -3,10 +3,10 @@
 Every acknowledged instance was synced into the spool before its success status; its row
 follows in the row writer's next group commit, so a crash (``kill -9``) can leave the newest
 acknowledged instances without rows, and with SQLite's ``synchronous=NORMAL`` a power loss can
-drop the newest commits. Re-indexing the spool makes the database agree with the files again. A file that does
-not read back whole (a crash between rename and sync, see ``dicomnode.receiving.storage``)
-belonged to an instance that was never acknowledged: it is moved to ``quarantine/`` for an
-operator to see.
+drop the newest commits. Re-indexing the spool makes the database agree with the files again.
+A file that does not read back whole (a crash between rename and sync, see
+``dicomnode.receiving.storage``) belonged to an instance that was never acknowledged: it is
+moved to ``quarantine/`` for an operator to see.
 """
 
 from __future__ import annotations

@@ -17,10 +17,13 @@ endian transfer syntaxes are scanned (the node accepts no other).
 from __future__ import annotations
 
 import struct
+from dataclasses import dataclass
+from functools import lru_cache
 
 from pydicom import Dataset
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.tag import BaseTag
+from pydicom.uid import UID
 
 MAX_DEPTH = 16
 UNDEFINED = 0xFFFFFFFF
@@ -31,6 +34,23 @@ _PIXEL_DATA = 0x7FE00010
 _TAG = struct.Struct("<HH")
 _U32 = struct.Struct("<I")
 _U16 = struct.Struct("<H")
+
+
+@dataclass(frozen=True)
+class Syntax:
+    """What a transfer syntax means for reading a data set (pydicom's ``UID`` is slow to build,
+    and the receiver asks for every instance)."""
+
+    implicit: bool
+    little_endian: bool
+    deflated: bool
+    encapsulated: bool
+
+
+@lru_cache(maxsize=64)
+def syntax_of(transfer_syntax: str) -> Syntax:
+    uid = UID(transfer_syntax)
+    return Syntax(uid.is_implicit_VR, uid.is_little_endian, uid.is_deflated, uid.is_encapsulated)
 
 
 class ScanError(ValueError):

@@ -8,10 +8,10 @@ the DIMSE provider (``messages.BoundedDIMSE``).
 
 from __future__ import annotations
 
+import copy
 import logging
 import select
 import ssl
-from copy import deepcopy
 from typing import Any
 
 from pynetdicom import evt
@@ -83,6 +83,21 @@ class ReplaySocket(AssociationSocket):
         return out
 
 
+def copy_contexts(contexts: list[Any]) -> list[Any]:
+    """Each association's own copy of the supported presentation contexts.
+
+    pynetdicom deep-copies them per association: 41 ms of CPU for our 171 contexts, paid by every
+    association (a modality that sends one image per association pays it per image). Their
+    fields are scalars, immutable UIDs and one list of transfer syntaxes, so copying each
+    context and that list gives the same independence in a fraction of a millisecond."""
+    out = []
+    for context in contexts:
+        mine = copy.copy(context)
+        mine._transfer_syntax = list(context._transfer_syntax)
+        out.append(mine)
+    return out
+
+
 class GuardedRequestHandler(RequestHandler):
     server: GuardedAssociationServer
 
@@ -101,7 +116,7 @@ class GuardedRequestHandler(RequestHandler):
         acceptor.address_info = self.local
         acceptor.implementation_class_uid = self.ae.implementation_class_uid
         acceptor.implementation_version_name = self.ae.implementation_version_name
-        acceptor.supported_contexts = deepcopy(server.contexts)
+        acceptor.supported_contexts = copy_contexts(server.contexts)
         assoc.requestor.address_info = self.remote
         bound: dict[Any, Any] = server._handlers
         for event, handlers in bound.items():
