@@ -2,8 +2,9 @@
 
 ``PipelineRunner.run``: lungs -> classification -> lesions -> statistics, each timed.
 ``write_results``: SEG (lungs and lesions) -> SR (TID 1500, referencing the SEG) -> viewer SR
-(lesion outlines for OHIF, only when there are lesions; kind "SR" too) -> overlay (a slot for
-a writer of viewer-independent overlay images). Every UID of the written objects
+(lesion outlines for OHIF, only when there are lesions; kind "SR" too) -> hand-off of these
+(the node queues their export) -> overlay (a slot for a writer of viewer-independent overlay
+images), so the structured results never wait for the overlay. Every UID of the written objects
 is derived from the job's ``uid_root``, so writing again gives identical objects.
 """
 
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -38,6 +39,10 @@ class OverlayWriter(Protocol):
     def write(
         self, result: StudyResult, out_dir: Path, uid_root: str
     ) -> Sequence[ResultFile]: ...
+
+
+# Called with the written SEG and SR files before the overlay is rendered (see write_results).
+Handoff = Callable[[Sequence[ResultFile]], None]
 
 
 class PipelineRunner:
@@ -103,9 +108,13 @@ class PipelineRunner:
         out_dir: Path,
         uid_root: str,
         predecessors: Sequence[PriorReport] = (),
+        handoff: Handoff | None = None,
+        timings: dict[str, float] | None = None,
     ) -> list[ResultFile]:
-        """Write SEG, SR and (when configured) overlay objects of ``result`` into ``out_dir``."""
-        return write_results(result, out_dir, uid_root, predecessors, overlay=self._overlay)
+        """Write SEG, SR and (when configured) overlay objects of ``result`` into ``out_dir``;
+        ``handoff`` gets the SEG and SR before the overlay is rendered."""
+        return write_results(result, out_dir, uid_root, predecessors, overlay=self._overlay,
+                             handoff=handoff, timings=timings)
 
 
 def write_results(
@@ -114,8 +123,42 @@ def write_results(
     uid_root: str,
     predecessors: Sequence[PriorReport] = (),
     overlay: OverlayWriter | None = None,
+    handoff: Handoff | None = None,
+    timings: dict[str, float] | None = None,
 ) -> list[ResultFile]:
     """Write the result objects of ``result``; see the module docstring for the order.
+
+    The SEG and SR(s) are complete files when ``handoff`` is called with them (once, also
+    when there are none), and the overlay is rendered only after it returns: a node that
+    queues their export there sends them while the overlay is drawn. ``timings`` (when
+    given) gets the seconds of "write" (SEG and SRs), "handoff" and "overlay".
+    """
+    timings = {} if timings is None else timings
+    started = time.perf_counter()
+    written = write_structured(result, out_dir, uid_root, predecessors)
+    timings["write"] = time.perf_counter() - started
+    if handoff is not None:
+        started = time.perf_counter()
+        handoff(tuple(written))
+        timings["handoff"] = time.perf_counter() - started
+        logger.info("handed off %d structured result(s) in %.2f s", len(written),
+                    timings["handoff"])
+    if overlay is not None:
+        started = time.perf_counter()
+        images = overlay.write(result, out_dir, uid_root)
+        written.extend(images)
+        timings["overlay"] = time.perf_counter() - started
+        logger.info("wrote %d overlay image(s) in %.2f s", len(images), timings["overlay"])
+    return written
+
+
+def write_structured(
+    result: StudyResult,
+    out_dir: Path,
+    uid_root: str,
+    predecessors: Sequence[PriorReport] = (),
+) -> list[ResultFile]:
+    """Write the SEG, the SR and the viewer SR of ``result``.
 
     A SEG is written when some lung or lesion mask is non-empty, an SR when there is a
     segment or a classification to report, the viewer SR when the SEG has a lesion segment;
@@ -153,13 +196,6 @@ def write_results(
             viewer_sr.save_as(path)
             written.append(_written(path, ResultKind.SR, viewer_sr))
             logger.info("wrote viewer SR in %.2f s", time.perf_counter() - started)
-    if overlay is not None:
-        started = time.perf_counter()
-        images = overlay.write(result, out_dir, uid_root)
-        written.extend(images)
-        logger.info(
-            "wrote %d overlay image(s) in %.2f s", len(images), time.perf_counter() - started
-        )
     return written
 
 

@@ -18,8 +18,8 @@ from .conftest import USERS, ProcessedStudy
 pytestmark = [pytest.mark.slow, pytest.mark.integration, pytest.mark.browser]
 
 Shoot = Callable[[Page, str], Path]
-TIMELINE_KINDS = ("study-received", "study-complete", "job-queued", "job-started", "job-done",
-                  "exported")
+TIMELINE_KINDS = ("study-received", "study-complete", "job-queued", "job-started",
+                  "results-handed-off", "job-done", "exported")
 
 
 def _tile(page: Page, label: str) -> int:
@@ -74,7 +74,10 @@ def test_study_page_shows_timeline_and_opens_viewer(
     kinds = [k.strip() for k in page.locator("ol.timeline .event-kind").all_inner_texts()]
     for kind in TIMELINE_KINDS:
         assert kind in kinds, f"{kind} missing from the timeline {kinds}"
-    assert kinds.index("study-received") < kinds.index("job-done") < kinds.index("exported")
+    # SEG and SR are handed to the exporter before the overlay is rendered, so the first
+    # "exported" may come before "job-done"; it never comes before the hand-off.
+    assert kinds.index("study-received") < kinds.index("results-handed-off") < (
+        kinds.index("exported"))
     summary = page.locator("dl.summary")
     assert summary.get_by_text("Lesions").count() == 1
     lesions = summary.locator("div", has_text="Lesions").locator("dd").inner_text()
