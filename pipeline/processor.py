@@ -25,6 +25,7 @@ import pydicom.config
 from dicomnode.contracts import PriorReport, ProcessOutcome, ProcessRequest, ResultFile
 from pipeline import __version__
 from pipeline.errors import ModelError, PipelineError
+from pipeline.resample import use_one_blas_thread
 from pipeline.runner import Handoff, OverlayWriter, PipelineRunner
 from pipeline.series import read_series
 from pipeline.shadow import build_registry_classifier, build_shadow, shadow_answer
@@ -186,6 +187,7 @@ def build_overlay(enabled: bool) -> OverlayWriter | None:
 
 def build_runner(config: ProcessorConfig) -> PipelineRunner:
     """Build every configured stage once (models load here)."""
+    use_one_blas_thread()
     if config.lung_segmentation == "unet" or config.classifier != "none" or (
         config.primary_classifier
     ):
