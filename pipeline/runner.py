@@ -11,6 +11,7 @@ is derived from the job's ``uid_root``, so writing again gives identical objects
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -172,7 +173,7 @@ def write_structured(
         started = time.perf_counter()
         seg, plans = build_seg(result, uid_root, plans)
         path = out_dir / SEG_FILE_NAME
-        seg.save_as(path)
+        _save(path, seg)
         written.append(_written(path, ResultKind.SEG, seg))
         logger.info("wrote SEG in %.2f s", time.perf_counter() - started)
     else:
@@ -183,7 +184,7 @@ def write_structured(
         started = time.perf_counter()
         sr = build_sr(result, seg, plans, uid_root, predecessors)
         path = out_dir / SR_FILE_NAME
-        sr.save_as(path)
+        _save(path, sr)
         written.append(_written(path, ResultKind.SR, sr))
         logger.info("wrote SR in %.2f s", time.perf_counter() - started)
     else:
@@ -193,10 +194,18 @@ def write_structured(
         viewer_sr = build_viewer_sr(result, plans, uid_root, predecessors)
         if viewer_sr is not None:
             path = out_dir / VIEWER_SR_FILE_NAME
-            viewer_sr.save_as(path)
+            _save(path, viewer_sr)
             written.append(_written(path, ResultKind.SR, viewer_sr))
             logger.info("wrote viewer SR in %.2f s", time.perf_counter() - started)
     return written
+
+
+def _save(path: Path, dataset: hd.SOPClass) -> None:
+    """Write through a temporary file and rename: a re-run that rewrites a file the exporter
+    is sending (it was handed off before) never exposes a half-written file."""
+    partial = path.with_name(path.name + ".partial")
+    dataset.save_as(partial)
+    os.replace(partial, path)
 
 
 def _written(path: Path, kind: ResultKind, dataset: hd.SOPClass) -> ResultFile:
