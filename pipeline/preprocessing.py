@@ -14,6 +14,15 @@ import numpy as np
 import numpy.typing as npt
 from scipy import ndimage
 
+from pipeline.resample import (
+    CUBIC_A,
+    align_corner_coords,
+    half_pixel_coords,
+    interpolation_matrix,
+    resize,
+    sample_axis,
+)
+
 WINDOW_HU_MIN = -1200.0  # DeCoVNet window (models.md §1.2), also used for the U-Net and RML input
 WINDOW_HU_MAX = 600.0
 UINT8_MAX = 255
@@ -30,7 +39,10 @@ COARSE_KEEP_FRACTION = 0.1  # keep internal-air components of at least this shar
 COARSE_MIN_VOLUME_ML = 20.0  # ignore internal air pockets smaller than this (bowel gas, noise)
 COARSE_MARGIN_MM = 8.0  # margin added around the coarse box on every side
 
-CUBIC_A = -0.5  # Keys cubic convolution parameter (Catmull-Rom)
+__all__ = [  # the resampling helpers keep being importable from here
+    "CUBIC_A", "align_corner_coords", "half_pixel_coords", "interpolation_matrix", "resize",
+    "sample_axis",
+]
 
 FloatArray = npt.NDArray[np.float32]
 BoolArray = npt.NDArray[np.bool_]
@@ -61,86 +73,7 @@ def hu_of_uint8_level(level: float, lo: float = WINDOW_HU_MIN, hi: float = WINDO
     return lo + level / UINT8_MAX * (hi - lo)
 
 
-# --------------------------------------------------------------------------- resampling
-
-
-def sample_axis(arr: npt.NDArray, axis: int, coords: npt.ArrayLike, order: int = 1) -> npt.NDArray:
-    """Sample ``arr`` along one axis at fractional source indices ``coords`` (edge-clamped).
-
-    order 0: nearest (any dtype kept); 1: linear; 3: Keys cubic convolution (float32 out).
-    Vectorised with ``np.take``: cost is a few passes over the output.
-    """
-    a = np.asarray(arr)
-    axis = axis % a.ndim
-    n = a.shape[axis]
-    c = np.clip(np.asarray(coords, dtype=np.float64), 0.0, n - 1)
-    if order == 0 or n == 1:
-        return np.take(a, np.rint(c).astype(np.intp), axis=axis)
-    shape = [1] * a.ndim
-    shape[axis] = c.size
-    src = a if a.dtype == np.float32 else a.astype(np.float32)
-    if order == 1:
-        i0 = np.minimum(np.floor(c).astype(np.intp), n - 2)
-        t = (c - i0).astype(np.float32).reshape(shape)
-        lo = np.take(src, i0, axis=axis)
-        hi = np.take(src, i0 + 1, axis=axis)
-        lo += (hi - lo) * t
-        return lo
-    if order != 3:
-        raise ValueError(f"order must be 0, 1 or 3, got {order}")
-    base = np.floor(c).astype(np.intp)
-    t = (c - base).astype(np.float32).reshape(shape)
-    a_ = np.float32(CUBIC_A)
-    out: FloatArray | None = None
-    for k in (-1, 0, 1, 2):
-        d = np.abs(t - np.float32(k))
-        w = np.where(
-            d <= 1,
-            ((a_ + 2) * d - (a_ + 3)) * d * d + 1,
-            np.where(d < 2, ((a_ * d - 5 * a_) * d + 8 * a_) * d - 4 * a_, 0),
-        ).astype(np.float32)
-        term = np.take(src, np.clip(base + k, 0, n - 1), axis=axis) * w
-        out = term if out is None else out + term
-    if out is None:  # pragma: no cover - the loop always runs
-        raise RuntimeError("empty cubic kernel")
-    return out
-
-
-def align_corner_coords(n_in: int, n_out: int) -> npt.NDArray[np.float64]:
-    """Source coordinates of an ``n_out`` grid whose first and last samples hit the input's."""
-    if n_out == 1 or n_in == 1:
-        return np.zeros(n_out)
-    return np.arange(n_out, dtype=np.float64) * ((n_in - 1) / (n_out - 1))
-
-
-def half_pixel_coords(n_in: int, n_out: int) -> npt.NDArray[np.float64]:
-    """Source coordinates of pixel centres when ``n_out`` pixels span the same extent (cv2)."""
-    return (np.arange(n_out, dtype=np.float64) + 0.5) * (n_in / n_out) - 0.5
-
-
-def resize(
-    arr: npt.NDArray,
-    shape: tuple[int, ...],
-    order: int = 1,
-    align_corners: bool = True,
-) -> npt.NDArray:
-    """Resize the last ``len(shape)`` axes separably (align_corners like ``scipy.ndimage.zoom``)."""
-    a = np.asarray(arr)
-    if len(shape) > a.ndim or min(shape) < 1:
-        raise ValueError(f"cannot resize an array of shape {a.shape} to {shape}")
-    first = a.ndim - len(shape)
-    # Shrinking axes first keeps the intermediate arrays small.
-    axes = sorted(range(len(shape)), key=lambda i: shape[i] / a.shape[first + i])
-    out = a
-    for i in axes:
-        n_in, n_out = a.shape[first + i], shape[i]
-        if n_in == n_out:
-            continue
-        coords = (
-            align_corner_coords(n_in, n_out) if align_corners else half_pixel_coords(n_in, n_out)
-        )
-        out = sample_axis(out, first + i, coords, order)
-    return out
+# --------------------------------------------------------------------------- z resampling
 
 
 def z_resample_coords(
@@ -372,9 +305,9 @@ def decovnet_input(
 
     Steps: crop to the 3D lung bounding box; set pixels outside the circular FOV to the window
     minimum (square slices only); window [-1200, 600] HU to uint8 levels; resample z to 1 mm
-    (linear for the image, nearest for the mask); resize in-plane to 224 x 336 (cubic for the
-    image, nearest for the mask); image levels / 255. Slices are repeated up to two when the
-    lung extent is thinner than 2 mm.
+    (linear for the image, nearest for the mask) and resize in-plane to 224 x 336 (cubic for
+    the image, nearest for the mask), in-plane first (the steps commute); image levels / 255.
+    Slices are repeated up to two when the lung extent is thinner than 2 mm.
     """
     vol = np.asarray(hu)
     mask = np.asarray(lung_mask, dtype=bool)
@@ -391,13 +324,13 @@ def decovnet_input(
     z_coords = z_resample_coords(box.shape[0], spacing_z_mm)
     if z_coords.size < DECOVNET_MIN_SLICES:
         z_coords = np.zeros(DECOVNET_MIN_SLICES) if box.shape[0] == 1 else np.array([0.0, 1.0])
-    img = sample_axis(img, 0, z_coords, order=1)
-    m = sample_axis(mask[box.slices], 0, z_coords, order=0)
     h, w = crop_shape_px
-    img = resize(img, (h, w), order=3)
+    # In-plane first: the separable steps commute, and the z step then runs on small slices.
+    img = sample_axis(resize(img, (h, w), order=3), 0, z_coords, order=1)
     np.clip(img, 0.0, float(UINT8_MAX), out=img)
     img *= np.float32(1.0 / UINT8_MAX)
-    m = resize(m, (h, w), order=0).astype(np.float32)
+    m = sample_axis(resize(mask[box.slices], (h, w), order=0), 0, z_coords, order=0)
+    m = m.astype(np.float32)
     array = np.stack([img, m]).astype(np.float32, copy=False)
     geometry = CropGeometry(
         box=box,

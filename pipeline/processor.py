@@ -25,7 +25,8 @@ import pydicom.config
 from dicomnode.contracts import PriorReport, ProcessOutcome, ProcessRequest, ResultFile
 from pipeline import __version__
 from pipeline.errors import ModelError, PipelineError
-from pipeline.runner import OverlayWriter, PipelineRunner
+from pipeline.resample import use_one_blas_thread
+from pipeline.runner import Handoff, OverlayWriter, PipelineRunner
 from pipeline.series import read_series
 from pipeline.shadow import build_registry_classifier, build_shadow, shadow_answer
 from pipeline.stages import Classifier, LesionLocalizer, LungSegmenter
@@ -186,6 +187,7 @@ def build_overlay(enabled: bool) -> OverlayWriter | None:
 
 def build_runner(config: ProcessorConfig) -> PipelineRunner:
     """Build every configured stage once (models load here)."""
+    use_one_blas_thread()
     if config.lung_segmentation == "unet" or config.classifier != "none" or (
         config.primary_classifier
     ):
@@ -235,7 +237,8 @@ class ChestCTProcessor:
         read_s = time.perf_counter() - started
         logger.info("job %s: series %s read", request.job_id, volume.series_instance_uid)
         return self.analyze_volume(
-            volume, Path(request.out_dir), request.uid_root, request.predecessors, read_s
+            volume, Path(request.out_dir), request.uid_root, request.predecessors, read_s,
+            handoff=request.handoff,
         )
 
     def analyze_volume(
@@ -245,14 +248,16 @@ class ChestCTProcessor:
         uid_root: str,
         predecessors: Sequence[PriorReport] = (),
         read_s: float | None = None,
+        handoff: Handoff | None = None,
     ) -> ProcessOutcome:
-        """Run the stages on ``volume``, write SEG and SR, and summarise."""
+        """Run the stages on ``volume``, write SEG and SR, hand them off, write the overlay,
+        and summarise (``handed_off_after_s``: seconds until the SEG and SRs were handed off)."""
         result = self._runner.run(volume)
-        started = time.perf_counter()
-        written = self._runner.write_results(result, out_dir, uid_root, predecessors)
         timings = {"read": read_s} if read_s is not None else {}
         timings.update(result.timings_s)
-        timings["write"] = time.perf_counter() - started
+        written = self._runner.write_results(result, out_dir, uid_root, predecessors,
+                                             handoff=handoff, timings=timings)
+        handed_off_after_s = sum(v for k, v in timings.items() if k != "overlay")
         # The shadow classifier: its answer is summarised, never written or exported.
         shadow = shadow_answer(self._shadow, volume, result.lungs) if self._shadow else None
         if shadow is not None:
@@ -260,6 +265,7 @@ class ChestCTProcessor:
         timings["total"] = sum(timings.values())
         objects = tuple(written)
         summary = summarize(result, objects, timings)
+        summary["handed_off_after_s"] = _number(handed_off_after_s, 3)
         if shadow is not None:
             summary["shadow"] = shadow
         return ProcessOutcome(objects=objects, summary=summary)

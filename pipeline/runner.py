@@ -2,16 +2,18 @@
 
 ``PipelineRunner.run``: lungs -> classification -> lesions -> statistics, each timed.
 ``write_results``: SEG (lungs and lesions) -> SR (TID 1500, referencing the SEG) -> viewer SR
-(lesion outlines for OHIF, only when there are lesions; kind "SR" too) -> overlay (a slot for
-a writer of viewer-independent overlay images). Every UID of the written objects
+(lesion outlines for OHIF, only when there are lesions; kind "SR" too) -> hand-off of these
+(the node queues their export) -> overlay (a slot for a writer of viewer-independent overlay
+images), so the structured results never wait for the overlay. Every UID of the written objects
 is derived from the job's ``uid_root``, so writing again gives identical objects.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -38,6 +40,10 @@ class OverlayWriter(Protocol):
     def write(
         self, result: StudyResult, out_dir: Path, uid_root: str
     ) -> Sequence[ResultFile]: ...
+
+
+# Called with the written SEG and SR files before the overlay is rendered (see write_results).
+Handoff = Callable[[Sequence[ResultFile]], None]
 
 
 class PipelineRunner:
@@ -103,9 +109,13 @@ class PipelineRunner:
         out_dir: Path,
         uid_root: str,
         predecessors: Sequence[PriorReport] = (),
+        handoff: Handoff | None = None,
+        timings: dict[str, float] | None = None,
     ) -> list[ResultFile]:
-        """Write SEG, SR and (when configured) overlay objects of ``result`` into ``out_dir``."""
-        return write_results(result, out_dir, uid_root, predecessors, overlay=self._overlay)
+        """Write SEG, SR and (when configured) overlay objects of ``result`` into ``out_dir``;
+        ``handoff`` gets the SEG and SR before the overlay is rendered."""
+        return write_results(result, out_dir, uid_root, predecessors, overlay=self._overlay,
+                             handoff=handoff, timings=timings)
 
 
 def write_results(
@@ -114,8 +124,42 @@ def write_results(
     uid_root: str,
     predecessors: Sequence[PriorReport] = (),
     overlay: OverlayWriter | None = None,
+    handoff: Handoff | None = None,
+    timings: dict[str, float] | None = None,
 ) -> list[ResultFile]:
     """Write the result objects of ``result``; see the module docstring for the order.
+
+    The SEG and SR(s) are complete files when ``handoff`` is called with them (once, also
+    when there are none), and the overlay is rendered only after it returns: a node that
+    queues their export there sends them while the overlay is drawn. ``timings`` (when
+    given) gets the seconds of "write" (SEG and SRs), "handoff" and "overlay".
+    """
+    timings = {} if timings is None else timings
+    started = time.perf_counter()
+    written = write_structured(result, out_dir, uid_root, predecessors)
+    timings["write"] = time.perf_counter() - started
+    if handoff is not None:
+        started = time.perf_counter()
+        handoff(tuple(written))
+        timings["handoff"] = time.perf_counter() - started
+        logger.info("handed off %d structured result(s) in %.2f s", len(written),
+                    timings["handoff"])
+    if overlay is not None:
+        started = time.perf_counter()
+        images = overlay.write(result, out_dir, uid_root)
+        written.extend(images)
+        timings["overlay"] = time.perf_counter() - started
+        logger.info("wrote %d overlay image(s) in %.2f s", len(images), timings["overlay"])
+    return written
+
+
+def write_structured(
+    result: StudyResult,
+    out_dir: Path,
+    uid_root: str,
+    predecessors: Sequence[PriorReport] = (),
+) -> list[ResultFile]:
+    """Write the SEG, the SR and the viewer SR of ``result``.
 
     A SEG is written when some lung or lesion mask is non-empty, an SR when there is a
     segment or a classification to report, the viewer SR when the SEG has a lesion segment;
@@ -129,7 +173,7 @@ def write_results(
         started = time.perf_counter()
         seg, plans = build_seg(result, uid_root, plans)
         path = out_dir / SEG_FILE_NAME
-        seg.save_as(path)
+        _save(path, seg)
         written.append(_written(path, ResultKind.SEG, seg))
         logger.info("wrote SEG in %.2f s", time.perf_counter() - started)
     else:
@@ -140,7 +184,7 @@ def write_results(
         started = time.perf_counter()
         sr = build_sr(result, seg, plans, uid_root, predecessors)
         path = out_dir / SR_FILE_NAME
-        sr.save_as(path)
+        _save(path, sr)
         written.append(_written(path, ResultKind.SR, sr))
         logger.info("wrote SR in %.2f s", time.perf_counter() - started)
     else:
@@ -150,17 +194,18 @@ def write_results(
         viewer_sr = build_viewer_sr(result, plans, uid_root, predecessors)
         if viewer_sr is not None:
             path = out_dir / VIEWER_SR_FILE_NAME
-            viewer_sr.save_as(path)
+            _save(path, viewer_sr)
             written.append(_written(path, ResultKind.SR, viewer_sr))
             logger.info("wrote viewer SR in %.2f s", time.perf_counter() - started)
-    if overlay is not None:
-        started = time.perf_counter()
-        images = overlay.write(result, out_dir, uid_root)
-        written.extend(images)
-        logger.info(
-            "wrote %d overlay image(s) in %.2f s", len(images), time.perf_counter() - started
-        )
     return written
+
+
+def _save(path: Path, dataset: hd.SOPClass) -> None:
+    """Write through a temporary file and rename: a re-run that rewrites a file the exporter
+    is sending (it was handed off before) never exposes a half-written file."""
+    partial = path.with_name(path.name + ".partial")
+    dataset.save_as(partial)
+    os.replace(partial, path)
 
 
 def _written(path: Path, kind: ResultKind, dataset: hd.SOPClass) -> ResultFile:

@@ -21,13 +21,13 @@ import numpy.typing as npt
 import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
-from pydicom.pixels import pixel_array
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, CTImageStorage, ExplicitVRLittleEndian
 from pydicom.valuerep import DA, DT, TM
 
 from dicomnode.contracts.stack import SliceGeometry, Stack, StackError, check_stack
 from pipeline.errors import SeriesError
 from pipeline.geometry import direction_matrix, orientation_axes, orientation_of
+from pipeline.pixel_decode import stored_pixels
 from pipeline.types import CTVolume
 from pipeline.uid_repair import repair_uids as repair_series_uids
 from pipeline.writers.uids import derive_uid
@@ -276,7 +276,7 @@ def _decode_hu(images: list[Dataset], rows: int, cols: int) -> npt.NDArray[np.fl
     hu = np.empty((len(images), rows, cols), dtype=np.float32)
     for index, ds in enumerate(images):
         try:
-            stored = pixel_array(ds)
+            stored = stored_pixels(ds)
         except Exception as exc:  # decoders raise many types (RuntimeError, ValueError...)
             syntax = ds.file_meta.get("TransferSyntaxUID", "?") if hasattr(ds, "file_meta") else "?"
             raise SeriesError(

@@ -26,6 +26,7 @@ class EventKind(enum.StrEnum):
     # jobs
     JOB_QUEUED = "job-queued"
     JOB_STARTED = "job-started"
+    RESULTS_HANDED_OFF = "results-handed-off"  # SEG and SR queued for export, overlay to come
     JOB_DONE = "job-done"
     JOB_RETRY = "job-retry"
     JOB_FAILED = "job-failed"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,6 +51,11 @@ class ProcessRequest:
     every result UID from it deterministically, so a re-run writes the same objects again.
     ``options``: ``repair_uids`` (bool) asks the reader to repair malformed UIDs (offline
     analysis only; the node sends valid files).
+
+    ``handoff``, when given, is called once with the SEG and SR files as soon as they are
+    written, before the overlay series is rendered: the worker records them and queues their
+    exports then, so a destination gets the structured results without waiting for the
+    overlay. The files it was given are returned again in ``ProcessOutcome.objects``.
     """
 
     job_id: int
@@ -59,6 +64,7 @@ class ProcessRequest:
     uid_root: str
     predecessors: tuple[PriorReport, ...] = ()
     options: Mapping[str, Any] = field(default_factory=dict)
+    handoff: Callable[[Sequence[ResultFile]], None] | None = None
 
 
 @dataclass(frozen=True)

@@ -199,6 +199,30 @@ class JobQueue:
                 for r, study_uid in rows
             ]
 
+    def hand_off(
+        self,
+        job_id: int,
+        owner: str,
+        results: Sequence[ResultFile],  # paths relative to the data directory
+        destinations: Iterable[tuple[str, Sequence[str]]],
+    ) -> bool:
+        """Record the SEG and SR of a running job and queue their exports now, in one
+        transaction, so the exporter sends them while the overlay is still being rendered
+        (the exporter sends a job's overlay only after its SEG and SR). False, and nothing
+        recorded, if the lease was lost to another worker."""
+        now = utcnow()
+        with self._sessions() as session, session.begin():
+            job = session.get_one(Job, job_id)
+            if job.lease_owner != owner or job.state != JobState.RUNNING:
+                log.warning("job %d: lease lost before the hand-off; results not queued", job_id)
+                return False
+            _record_and_queue(session, job_id, results, list(destinations), now)
+            add_event(
+                session, job.study_id, EventKind.RESULTS_HANDED_OFF,
+                f"{len(results)} structured result objects queued for export", job_id=job_id,
+            )
+        return True
+
     def complete(
         self,
         job_id: int,
@@ -206,23 +230,24 @@ class JobQueue:
         results: Sequence[ResultFile],  # paths relative to the data directory
         summary: dict[str, Any],
         destinations: Iterable[tuple[str, Sequence[str]]],
+        handed_off: Sequence[ResultFile] = (),
     ) -> bool:
         """Record results and queue one export per (result, destination that wants its kind).
 
-        All in one transaction: after a crash either everything is recorded or the job runs
-        again (with the same UIDs). False if the lease was lost to another worker.
+        Results in ``handed_off`` were recorded and queued by :meth:`hand_off` and are left as
+        they are (an export already sent is not sent again). All in one transaction: after a
+        crash either everything is recorded or the job runs again (with the same UIDs). False
+        if the lease was lost to another worker.
         """
         now = utcnow()
+        done = {r.sop_instance_uid for r in handed_off}
         with self._sessions() as session, session.begin():
             job = session.get_one(Job, job_id)
             if job.lease_owner != owner or job.state != JobState.RUNNING:
                 log.warning("job %d: lease lost before completion; results discarded", job_id)
                 return False
-            wanted = list(destinations)
-            for res in results:
-                obj = _record_result(session, job_id, res)
-                wanting = [name for name, kinds in wanted if res.kind in kinds]
-                _queue_exports(session, obj.id, wanting, now)
+            rest = [r for r in results if r.sop_instance_uid not in done]
+            _record_and_queue(session, job_id, rest, list(destinations), now)
             job.state = JobState.DONE
             job.finished_at = now
             job.summary = summary
@@ -285,6 +310,28 @@ class JobQueue:
         with self._sessions() as session:
             found = session.scalar(select(ResultObject.id).where(ResultObject.job_id == job_id))
             return found is not None
+
+
+def _record_and_queue(
+    session: Session,
+    job_id: int,
+    results: Sequence[ResultFile],
+    destinations: Sequence[tuple[str, Sequence[str]]],
+    now: datetime,
+) -> None:
+    """Record ``results`` and queue each for the destinations that want its kind. An overlay
+    also goes to a destination that refused this job's SEG or SR before the overlay existed
+    (the overlay series is what it gets instead)."""
+    refused = set(session.scalars(
+        select(Export.destination)
+        .join(ResultObject, Export.result_object_id == ResultObject.id)
+        .where(ResultObject.job_id == job_id, Export.state == ExportState.REFUSED)
+    )) if any(r.kind == ResultKind.OVERLAY for r in results) else set()
+    for res in results:
+        obj = _record_result(session, job_id, res)
+        wanting = [name for name, kinds in destinations
+                   if res.kind in kinds or (res.kind == ResultKind.OVERLAY and name in refused)]
+        _queue_exports(session, obj.id, wanting, now)
 
 
 def _record_result(session: Session, job_id: int, res: ResultFile) -> ResultObject:

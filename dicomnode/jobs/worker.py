@@ -1,5 +1,9 @@
 """The worker: claim a job, run the processor, record results, queue exports.
 
+The processor hands the SEG and SR over as soon as they are written (``ProcessRequest.handoff``):
+their rows and exports are committed then, so the exporter sends them while the overlay series
+is rendered; the overlay objects are recorded with the job's completion.
+
 Runs in its own process (``dicomnode worker`` or a child of ``dicomnode serve``), never in the
 receiver. The processor, and with it the models, is loaded once per process. While a job runs
 a heartbeat thread extends its lease; if the process dies the lease expires and another worker
@@ -14,6 +18,7 @@ import shutil
 import socket
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from sqlalchemy.orm import Session, sessionmaker
@@ -87,31 +92,44 @@ class Worker:
     def _run(self, ticket: JobTicket) -> None:
         out_dir = self._storage.outbox_dir(ticket.job_id)
         prior = self._queue.prior_reports(ticket.study_id, ticket.job_id)
+        destinations = [(d.name, d.objects) for d in self._settings.destinations]
+        handed_off: list[ResultFile] = []
+
+        def handoff(objects: Sequence[ResultFile]) -> None:
+            """SEG and SR are written: queue their export before the overlay is rendered."""
+            results = [self._stored(obj, out_dir) for obj in objects]
+            if results and self._queue.hand_off(ticket.job_id, self.owner, results,
+                                                destinations):
+                handed_off.extend(results)
+                log.info("job %d: %d structured results handed to the exporter",
+                         ticket.job_id, len(results))
+
         request = ProcessRequest(
             job_id=ticket.job_id,
             files=tuple(self._storage.absolute(f) for f in ticket.files),
             out_dir=out_dir,
             uid_root=ticket.uid_root,
             predecessors=tuple(prior),
+            handoff=handoff,
         )
         outcome = self._processor.process(request)
-        results = []
-        for obj in outcome.objects:
-            path = Path(obj.path)
-            if not path.is_absolute():
-                path = out_dir / path
-            results.append(
-                ResultFile(
-                    path=Path(self._storage.relative(path)),
-                    kind=ResultKind(obj.kind),
-                    sop_class_uid=obj.sop_class_uid,
-                    sop_instance_uid=obj.sop_instance_uid,
-                    series_instance_uid=obj.series_instance_uid,
-                )
-            )
-        destinations = [(d.name, d.objects) for d in self._settings.destinations]
+        results = [self._stored(obj, out_dir) for obj in outcome.objects]
         self._queue.complete(
-            ticket.job_id, self.owner, results, dict(outcome.summary), destinations
+            ticket.job_id, self.owner, results, dict(outcome.summary), destinations,
+            handed_off=handed_off,
+        )
+
+    def _stored(self, obj: ResultFile, out_dir: Path) -> ResultFile:
+        """The processor's record with its path relative to the data directory."""
+        path = Path(obj.path)
+        if not path.is_absolute():
+            path = out_dir / path
+        return ResultFile(
+            path=Path(self._storage.relative(path)),
+            kind=ResultKind(obj.kind),
+            sop_class_uid=obj.sop_class_uid,
+            sop_instance_uid=obj.sop_instance_uid,
+            series_instance_uid=obj.series_instance_uid,
         )
 
     def _discard_partial_outbox(self, job_id: int) -> None:

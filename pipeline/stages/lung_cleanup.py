@@ -26,6 +26,7 @@ import numpy as np
 import numpy.typing as npt
 from scipy import ndimage
 
+from pipeline.preprocessing import bounding_box
 from pipeline.stages.lung_morphology import (
     BODY_HU_MIN,
     block_any,
@@ -60,6 +61,23 @@ def _large_components(
     return np.asarray(keep[labels])
 
 
+def _to_full_grid(
+    drop: npt.NDArray[np.bool_], factor: int, learned: npt.NDArray[np.bool_]
+) -> npt.NDArray[np.bool_]:
+    """Coarse ``drop`` repeated onto the full grid within its bounding box, and with
+    ``learned``."""
+    full = np.zeros(learned.shape, dtype=bool)
+    box = bounding_box(drop)
+    if box is None:
+        return full
+    zs = slice(box.z0, box.z1)
+    ys = slice(box.y0 * factor, min(box.y1 * factor, learned.shape[1]))
+    xs = slice(box.x0 * factor, min(box.x1 * factor, learned.shape[2]))
+    part = np.repeat(np.repeat(drop[box.slices], factor, axis=1), factor, axis=2)
+    full[zs, ys, xs] = part[:, : ys.stop - ys.start, : xs.stop - xs.start] & learned[zs, ys, xs]
+    return full
+
+
 def non_lung_mask(
     volume: CTVolume, learned: npt.NDArray[np.bool_]
 ) -> npt.NDArray[np.bool_]:
@@ -81,9 +99,7 @@ def non_lung_mask(
         touching[0] = True
         drop |= ~touching[pieces]
     drop &= coarse_learned
-    shape = volume.shape
-    full = np.repeat(np.repeat(drop, factor, axis=1), factor, axis=2)[:, : shape[1], : shape[2]]
-    full &= learned
+    full = _to_full_grid(drop, factor, learned)
     logger.info(
         "lung cleanup: %.1f mL of airway, oesophagus or gut removed from the lungs in %.2f s",
         full.sum() * volume.voxel_volume_ml, time.perf_counter() - started,

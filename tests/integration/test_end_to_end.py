@@ -45,11 +45,18 @@ def results_in_pacs(orthanc: OrthancPeer, study_uid: str) -> dict[str, list]:
 
 
 def wait_for_results(orthanc: OrthancPeer, node: NodeProcess, study_uid: str) -> dict[str, list]:
-    return node.wait_for(
+    """SEG and SR in the PACS, and no job left queued or running (SEG and SR are handed to the
+    exporter before the overlay is rendered, so they arrive before the job is done)."""
+    results = node.wait_for(
         lambda: (lambda r: r if r[SEG_CLASS] and r[SR_CLASS] else None)(
             results_in_pacs(orthanc, study_uid)),
         RESULT_TIMEOUT_S, "SEG and SR in the PACS",
     )
+    node.wait_for(
+        lambda: not node.query("select 1 from jobs where state in ('queued', 'running')"),
+        RESULT_TIMEOUT_S, "the job finished",
+    )
+    return results
 
 
 MAIN_SR_SERIES_NUMBER = 9002  # the volumetric report; 9004 is the viewer outlines SR

@@ -41,6 +41,9 @@ def test_killed_worker_job_completes_once(orthanc, covid_study, tmp_path) -> Non
                 "select sop_instance_uid from result_objects where kind = ?", (kind,)))
             assert in_pacs == recorded and len(recorded) >= 1
         assert len(results[SEG_CLASS]) == 1
+        # SEG and SR are exported while the overlay is rendered: the job finishes after them
+        node.wait_for(lambda: node.query("select 1 from jobs where state = 'done'"),
+                      120, "job done")
         ((state, attempts),) = node.query("select state, attempts from jobs")
         assert state == "done" and attempts == 2
         assert node.worker_pids() and node.worker_pids() != [pid]  # restarted

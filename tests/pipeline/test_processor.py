@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -215,3 +217,26 @@ def test_overlay_slot_adds_the_overlay_series(
     overlay_series = {o.series_instance_uid for o in outcome.objects if o.kind == "OVERLAY"}
     assert len(overlay_series) == 1
     assert all(o.path.is_file() for o in outcome.objects)
+
+
+def test_seg_and_sr_are_handed_off_before_the_overlay_is_rendered(
+    phantom_files: list[Path], tmp_path: Path
+) -> None:
+    """The hand-off gets complete SEG and SR files while no overlay file exists yet."""
+    handed: list[tuple[list[str], list[str]]] = []
+
+    def handoff(objects: Sequence[ResultFile]) -> None:
+        assert all(pydicom.dcmread(o.path).SOPInstanceUID == o.sop_instance_uid for o in objects)
+        handed.append(([o.kind for o in objects], sorted(p.name for p in tmp_path.iterdir())))
+
+    with_overlay = ChestCTProcessor({**MORPHOLOGY_ONLY, "overlay": True})
+    request = replace(_request(phantom_files, tmp_path), handoff=handoff)
+    outcome = with_overlay.process(request)
+    [(kinds, files_then)] = handed
+    assert kinds == ["SEG", "SR"] and files_then == ["seg.dcm", "sr.dcm"]
+    assert [o.kind for o in outcome.objects][:2] == kinds
+    assert sum(o.kind == "OVERLAY" for o in outcome.objects) >= 1
+    timings = outcome.summary["timings_s"]
+    assert {"write", "handoff", "overlay"} <= set(timings)
+    assert outcome.summary["handed_off_after_s"] == pytest.approx(
+        timings["total"] - timings["overlay"], abs=0.01)
