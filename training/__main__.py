@@ -52,8 +52,9 @@ def cmd_make_dicom(args: argparse.Namespace) -> int:
 
 
 def cmd_make_data(args: argparse.Namespace) -> int:
-    make_cases(args.work_dir, "test", args.test, matrix=args.matrix)
-    make_cases(args.work_dir, "train", args.train, matrix=args.matrix)
+    version = args.phantom_version
+    make_cases(args.work_dir, "test", args.test, matrix=args.matrix, version=version)
+    make_cases(args.work_dir, "train", args.train, matrix=args.matrix, version=version)
     return 0
 
 
@@ -248,6 +249,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train", type=int, default=200)
     p.add_argument("--test", type=int, default=60)
     p.add_argument("--matrix", type=int, default=256)
+    p.add_argument("--phantom-version", type=int, choices=(1, 2), default=1,
+                   help="1: the phantoms the shipped models trained on; 2: with fissures, "
+                        "nodules, effusions, partial inspiration and reconstruction kernels")
     p.set_defaults(func=cmd_make_data)
 
     def trainer(q: argparse.ArgumentParser, steps: int, minutes: float, lr: float) -> None:

@@ -60,6 +60,7 @@ def save_case(case: PhantomCase, path: Path) -> None:
         label=np.asarray(case.label),
         seed=np.asarray(case.seed),
         lesion_kinds=np.asarray(",".join(case.lesion_kinds)),
+        version=np.asarray(case.version),
     )
     tmp.replace(path)
 
@@ -82,7 +83,16 @@ def load_case(path: Path) -> PhantomCase:
             label=str(data["label"]),
             seed=int(data["seed"]),
             lesion_kinds=tuple(k for k in kinds.split(",") if k),
+            version=int(data["version"]) if "version" in data.files else 1,
         )
+
+
+def cached_version(path: Path) -> int | None:
+    """The generator version of a cached case (1 for files written before versions), or None."""
+    if not path.exists():
+        return None
+    with np.load(path) as data:
+        return int(data["version"]) if "version" in data.files else 1
 
 
 def make_cases(
@@ -90,18 +100,20 @@ def make_cases(
     split: str,
     count: int,
     matrix: int = 256,
-    slice_spacing_mm: float | tuple[float, float] = (1.0, 3.0),
+    slice_spacing_mm: float | tuple[float, float] | None = None,
     kinds: Sequence[str] | None = None,
+    version: int = 1,
 ) -> list[Path]:
-    """Generate (or keep) ``count`` cases of ``split`` under ``root``; returns their paths."""
+    """Generate (or keep) ``count`` cases of ``split`` under ``root``; returns their paths.
+    A cached case of another generator ``version`` is generated again."""
     allowed = set(CASE_KINDS if kinds is None else kinds)
     paths: list[Path] = []
     seeds = [s for s in split_seeds(split, count * 3) if kind_for_seed(s) in allowed][:count]
     for seed in tqdm(seeds, desc=f"phantoms {split}", unit="case"):
         path = case_file(root, split, seed)
-        if not path.exists():
+        if cached_version(path) != version:
             case = generate_case(seed, kind=kind_for_seed(seed), matrix=matrix,
-                                 slice_spacing_mm=slice_spacing_mm)
+                                 slice_spacing_mm=slice_spacing_mm, version=version)
             save_case(case, path)
         paths.append(path)
     logger.info("%d %s phantom cases ready under %s", len(paths), split, root)

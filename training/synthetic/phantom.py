@@ -9,11 +9,12 @@ import numpy as np
 import numpy.typing as npt
 from scipy import ndimage
 
-from training.synthetic import anatomy, lesions
+from training.synthetic import anatomy, lesions, realism
 
 logger = logging.getLogger(__name__)
 
 CASE_KINDS = ("covid", "cap", "mass", "normal")
+GENERATOR_VERSIONS = (1, 2)
 COVID_LABEL = "covid19"
 NON_COVID_LABEL = "non-covid"
 FOV_MARGIN_MM = 30.0
@@ -40,6 +41,7 @@ class PhantomCase:
     label: str
     seed: int
     lesion_kinds: tuple[str, ...]
+    version: int = 1  # the generator version (``training.synthetic.realism`` is version 2)
 
     @property
     def lungs(self) -> npt.NDArray[np.bool_]:
@@ -54,16 +56,24 @@ def generate_case(
     seed: int,
     kind: str | None = None,
     matrix: int | None = None,
-    slice_spacing_mm: float | tuple[float, float] = (1.0, 3.0),
+    slice_spacing_mm: float | tuple[float, float] | None = None,
     noise_sd_hu: float | None = None,
     covid_severity: float | None = None,
+    version: int = 1,
 ) -> PhantomCase:
     """Generate the case for ``seed`` (deterministic). ``kind`` None draws one of CASE_KINDS.
 
     ``matrix`` (256 or 512; None draws one) is the in-plane size; the pixel spacing follows from a
     field of view fitted to the body (0.66-0.82 mm at 512, twice that at 256).
-    ``slice_spacing_mm`` is a value or a (low, high) range to draw from.
+    ``slice_spacing_mm`` is a value or a (low, high) range to draw from (default 1-3 mm, 1-5 mm
+    for version 2). ``version`` 1 is the generator the shipped models trained on; version 2 adds
+    fissures, nodules, effusions, partial inspiration and reconstruction kernels
+    (``training.synthetic.realism``); for a given seed, version 1 is unchanged.
     """
+    if version not in GENERATOR_VERSIONS:
+        raise ValueError(f"unknown phantom generator version {version}; use {GENERATOR_VERSIONS}")
+    if slice_spacing_mm is None:
+        slice_spacing_mm = realism.SLICE_RANGE_MM if version == 2 else (1.0, 3.0)
     rng = np.random.default_rng(seed)
     if kind is None:
         kind = str(rng.choice(CASE_KINDS, p=[0.5, 0.2, 0.1, 0.2]))
@@ -106,14 +116,13 @@ def generate_case(
         lesions.dependent_atelectasis(vol, lungs, spacing, rng)
         kinds = (*kinds, "atelectasis")
 
-    # CT image formation: point-spread blur, then (slightly correlated) quantum noise
-    sigma_vox = [min(PSF_SIGMA_MM / s, 1.0) for s in spacing]
-    vol = ndimage.gaussian_filter(vol, sigma=sigma_vox)
-    sd = float(rng.uniform(12.0, 30.0)) if noise_sd_hu is None else float(noise_sd_hu)
-    noise = rng.standard_normal(shape, dtype=np.float32)
-    noise = ndimage.gaussian_filter(noise, sigma=(0.0, 0.6, 0.6))
-    noise *= sd / (float(noise.std()) or 1.0)
-    vol = np.clip(vol + noise, HU_MIN, HU_MAX).astype(np.float32)
+    if version == 2:
+        kinds = (*kinds, *_realism(vol, body, lesion_mask, spacing, rng))
+    if version == 2 and noise_sd_hu is None:
+        vol, kernel = realism.image_formation(vol, spacing, rng, (HU_MIN, HU_MAX))
+        kinds = (*kinds, f"kernel-{kernel}")
+    else:
+        vol = _image_formation(vol, spacing, rng, noise_sd_hu)
     logger.debug("phantom seed=%d kind=%s shape=%s spacing=%s", seed, kind, shape, spacing)
     return PhantomCase(
         hu=vol,
@@ -125,4 +134,39 @@ def generate_case(
         label=COVID_LABEL if kind == "covid" else NON_COVID_LABEL,
         seed=seed,
         lesion_kinds=kinds,
+        version=version,
     )
+
+
+def _image_formation(
+    vol: npt.NDArray[np.float32], spacing: tuple[float, float, float], rng: np.random.Generator,
+    noise_sd_hu: float | None,
+) -> npt.NDArray[np.float32]:
+    """Version 1's CT image formation: point-spread blur, then slightly correlated noise."""
+    sigma_vox = [min(PSF_SIGMA_MM / s, 1.0) for s in spacing]
+    vol = ndimage.gaussian_filter(vol, sigma=sigma_vox)
+    sd = float(rng.uniform(12.0, 30.0)) if noise_sd_hu is None else float(noise_sd_hu)
+    noise = rng.standard_normal(vol.shape, dtype=np.float32)
+    noise = ndimage.gaussian_filter(noise, sigma=(0.0, 0.6, 0.6))
+    noise *= sd / (float(noise.std()) or 1.0)
+    return np.clip(vol + noise, HU_MIN, HU_MAX).astype(np.float32)
+
+
+def _realism(
+    vol: npt.NDArray[np.float32], body: anatomy.Anatomy, lesion_mask: npt.NDArray[np.bool_],
+    spacing: tuple[float, float, float], rng: np.random.Generator,
+) -> tuple[str, ...]:
+    """Version 2's additions (see ``training.synthetic.realism``); the names of what was added."""
+    added: list[str] = ["fissures"]
+    realism.add_fissures(vol, (body.lung_right, body.lung_left), spacing, rng)
+    free_lung = (body.lung_right | body.lung_left) & ~lesion_mask
+    placed = realism.add_nodules(vol, free_lung, spacing, rng, int(rng.integers(0, 4)))
+    added += ["nodule"] * placed
+    if rng.uniform() < 0.2:
+        realism.add_effusion(vol, body.lung_right if rng.uniform() < 0.5 else body.lung_left,
+                             spacing, rng)
+        added.append("effusion")
+    if rng.uniform() < 0.3:
+        realism.partial_inspiration(vol, body.lung_right | body.lung_left, rng)
+        added.append("partial-inspiration")
+    return tuple(added)
