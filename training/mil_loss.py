@@ -33,19 +33,23 @@ def mil_cam_loss(
     lesion_share: torch.Tensor,
     lung_cells: torch.Tensor,
     top_k: int = MIL_TOP_K,
+    quiet_rows: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The weak-label loss of one volume on its CAM logits ``cam`` (T x H x W).
 
     ``fire_rows`` (T, bool): rows that must fire somewhere; ``lesion_share`` (T x H x W): share
     of each cell covered by an inserted COVID-like lesion (0 where none); ``lung_cells``
-    (T x H x W, bool): cells overlapping the lung, where a labelled row's activation is sought.
+    (T x H x W, bool): cells overlapping the lung, where a labelled row's activation is sought;
+    ``quiet_rows`` (T, bool): rows that must stay at zero (default: every row not in
+    ``fire_rows``; rows in neither are free).
     """
     nt, nh, nw = (int(n) for n in cam.shape)
     if fire_rows.shape != (nt,) or lesion_share.shape != cam.shape:
         raise ValueError("fire_rows must be (T,) and lesion_share the CAM's shape")
     per_cell = F.binary_cross_entropy_with_logits(cam, lesion_share, reduction="none")
     positive_cell = lesion_share > 0
-    negative_cell = ~positive_cell & ~fire_rows[:, None, None].expand(nt, nh, nw)
+    quiet = ~fire_rows if quiet_rows is None else quiet_rows & ~fire_rows
+    negative_cell = ~positive_cell & quiet[:, None, None].expand(nt, nh, nw)
     pos_terms = [per_cell[positive_cell]]
     if bool(fire_rows.any()):
         rows = cam[fire_rows].reshape(int(fire_rows.sum()), -1)
@@ -66,11 +70,15 @@ def mil_cam_loss(
 def real_cam_loss(
     cam: torch.Tensor, slice_label: torch.Tensor, lesion: torch.Tensor, lung: torch.Tensor,
     must_fire: int = 1,
+    must_stay_zero: int = 0,
 ) -> torch.Tensor:
-    """:func:`mil_cam_loss` from crop-space labels: ``slice_label`` (T_crop), ``lesion`` and
-    ``lung`` (T_crop x H x W, 0/1) pooled to the CAM's grid."""
+    """:func:`mil_cam_loss` from crop-space labels: ``slice_label`` (T_crop: ``must_fire``,
+    ``must_stay_zero``, anything else free), ``lesion`` and ``lung`` (T_crop x H x W, 0/1)
+    pooled to the CAM's grid. A grid row stays quiet only if all its slices must."""
     nt, nh, nw = (int(n) for n in cam.shape)
     share = F.adaptive_avg_pool3d(lesion[None, None].float(), (nt, nh, nw))[0, 0]
     lung_cells = F.adaptive_max_pool3d(lung[None, None].float(), (nt, nh, nw))[0, 0] > 0
     fire = grid_rows(slice_label, nt, must_fire)
-    return mil_cam_loss(cam, fire, share.to(cam.dtype), lung_cells)
+    quiet = ~F.adaptive_max_pool1d((slice_label != must_stay_zero).float()[None, None],
+                                   nt)[0, 0].bool()
+    return mil_cam_loss(cam, fire, share.to(cam.dtype), lung_cells, quiet_rows=quiet)
