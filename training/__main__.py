@@ -111,13 +111,22 @@ def _real_training_inputs(args: argparse.Namespace, crop: tuple[int, int]) -> li
     """The prepared real studies ``--real-cases`` asks for, minus ``--leave-out``."""
     from training.real_cases import prepare_real_split, select_names
     from training.real_data import COVID_CT_MD_DIR, real_case_names
+    from training.reviewed_cases import (
+        is_verdict_export,
+        prepare_reviewed_split,
+        reviewed_case_names,
+    )
 
     root = args.real_root or COVID_CT_MD_DIR
+    reviewed = is_verdict_export(root)  # a `dicomnode export-verdicts` folder
+    available = reviewed_case_names(root) if reviewed else real_case_names(root)
     wanted = args.real_cases if args.real_cases in ("all", "none") else args.real_cases.split(",")
-    names = select_names(real_case_names(root), wanted, args.leave_out)
+    names = select_names(available, wanted, args.leave_out)
     if not names:
         return []
     logger.info("real studies in training: %s (left out: %s)", names, args.leave_out or "none")
+    if reviewed:
+        return prepare_reviewed_split(root, args.work_dir, names, crop)
     return prepare_real_split(args.work_dir, names, crop, root=root)
 
 
@@ -308,7 +317,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--real-share", type=float, default=0.4,
                    help="probability that a step draws a real volume of its class")
     p.add_argument("--real-root", type=Path, default=None,
-                   help="folder with labels/cases.json (default: shared COVID-CT-MD)")
+                   help="folder with labels/cases.json (default: shared COVID-CT-MD), or "
+                        "a `dicomnode export-verdicts` folder (labels.csv)")
     p.set_defaults(func=cmd_train_decovnet)
 
     p = sub.add_parser("validate-decovnet", help="score DeCoVNet checkpoints on the val split")

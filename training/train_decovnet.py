@@ -21,6 +21,7 @@ import logging
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -130,7 +131,7 @@ def prepared_file(root: Path, split: str, seed: int) -> Path:
 def save_prepared(p: PreparedVolume, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.npz")
-    extra = {} if p.slice_label is None else {"slice_label": p.slice_label}
+    extra: dict[str, Any] = {} if p.slice_label is None else {"slice_label": p.slice_label}
     np.savez(tmp, image=p.image, mask=p.mask, label=p.label, kind=p.kind, seed=p.seed,
              finding=p.finding_per_slice, lesion=np.packbits(p.lesion), **extra)
     tmp.replace(path)

@@ -130,3 +130,31 @@ def test_train_decovnet_real_inputs_exclude_the_left_out_study(tmp_path: Path) -
         assert not (v.slice_label == MUST_FIRE).any()  # a normal study never must fire
         assert v.label == int(v.lesion.any())  # COVID only where COVID-like lesions went in
     assert np.count_nonzero(volumes[1].lesion) > 0
+
+
+@pytest.mark.slow
+def test_train_decovnet_reads_an_export_verdicts_folder(tmp_path: Path) -> None:
+    """The layout of ``dicomnode export-verdicts``: a confirmed COVID case with its accepted
+    lesion mask, and a left-out case whose files do not exist."""
+    from training.reviewed_cases import MAY_FIRE, is_verdict_export
+
+    root = tmp_path / "export"
+    case = generate_case(5, kind="covid", matrix=128, slice_spacing_mm=5.0)
+    write_series(case.hu, case.spacing_mm, root / "images" / "case-0001", patient_id="ANON1")
+    (root / "masks").mkdir()
+    np.save(root / "masks" / "case-0001.npy", case.lesion_mask.astype(np.uint8))
+    (root / "labels.csv").write_text(
+        "path,label,mask,accepted_lesions\n"
+        "images/case-0001,covid19,masks/case-0001.npy,1 2\n"
+        "images/case-0002,non-covid,masks/case-0002.npy,\n")
+    assert is_verdict_export(root)
+    args = argparse.Namespace(real_root=root, real_cases="all", leave_out=["case-0002"],
+                              work_dir=tmp_path / "work")
+    paths = _real_training_inputs(args, (32, 48))
+    assert len(paths) == 1 and "case-0001" in paths[0].name
+    v = load_prepared(paths[0])
+    assert v.label == 1 and v.lesion.any() and v.slice_label is not None
+    assert set(np.unique(v.slice_label).tolist()) == {MAY_FIRE, MUST_FIRE}
+    # the lesion slices are the ones that must fire
+    lesion_slices = v.lesion.reshape(v.lesion.shape[0], -1).any(axis=1)
+    assert (v.slice_label[lesion_slices] == MUST_FIRE).all()
