@@ -38,17 +38,12 @@ def fold_registry(work_dir: Path, run: str, n_val: int = VERDICT_VAL_PHANTOMS) -
         shutil.rmtree(registry)
     shutil.copytree(DEFAULT_WEIGHTS_DIR, registry)
     spec = export_model("decovnet", work_dir, {}, registry_dir=registry, run_name=run)
-    payload = torch.load(work_dir / "checkpoints" / f"{run}.pt", map_location="cpu",
-                         weights_only=False)
-    real = payload.get("config", {}).get("real_volumes", [])
-    register_model(  # name the fold in its version and say what it trained on
+    register_model(  # name the fold in its version (the export says what it trained on)
         spec.name, spec.architecture, spec.weights_file,
         version=f"{spec.version.split('-')[0]}-{run.replace('_', '-')}",
         class_names=spec.class_names, positive_class=spec.positive_class,
         arch_kwargs=spec.arch_kwargs, input_spec=spec.input_spec, card=spec.card,
-        metadata={**dict(spec.metadata), "training_data": "synthetic phantoms and real "
-                  "studies (weak slice labels, lesion-inserted copies): " + ", ".join(real)},
-        registry_dir=registry)
+        metadata=dict(spec.metadata), registry_dir=registry)
     fit_verdict(work_dir, n_val, real=False, registry_dir=registry, write=True)
     return registry
 
