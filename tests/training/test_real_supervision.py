@@ -158,3 +158,12 @@ def test_train_decovnet_reads_an_export_verdicts_folder(tmp_path: Path) -> None:
     # the lesion slices are the ones that must fire
     lesion_slices = v.lesion.reshape(v.lesion.shape[0], -1).any(axis=1)
     assert (v.slice_label[lesion_slices] == MUST_FIRE).all()
+
+
+def test_exported_card_names_the_real_studies_a_run_trained_on() -> None:
+    from training.publish import _real_training_text
+
+    assert "No real study" in _real_training_text({})
+    text = _real_training_text({"real_volumes": ["real:P002", "real:P002+covid0"],
+                                "real_share": 0.4})
+    assert "`real:P002`" in text and "in-sample" in text and "40%" in text
