@@ -98,12 +98,37 @@ def cmd_train_decovnet(args: argparse.Namespace) -> int:
     crop = (args.crop_h, args.crop_w)
     prepared = prepare_split(args.work_dir, "train",
                              _existing_cases(args.work_dir, "train", args.cases), crop, args.seed)
+    prepared += _real_training_inputs(args, crop)
     train_decovnet(prepared, args.work_dir / "checkpoints" / f"{args.run_name}.pt",
                    max_steps=args.steps, max_minutes=args.minutes, lr=args.lr, seed=args.seed,
                    window_slices=args.window, full_volume_share=args.full_share,
                    resume=args.resume, device=_device(args.device), augment=args.augment,
-                   aux_weight=args.aux_weight, init_from=args.init_from)
+                   aux_weight=args.aux_weight, init_from=args.init_from,
+                   real_share=args.real_share)
     return 0
+
+
+def _real_training_inputs(args: argparse.Namespace, crop: tuple[int, int]) -> list[Path]:
+    """The prepared real studies ``--real-cases`` asks for, minus ``--leave-out``."""
+    from training.real_cases import prepare_real_split, select_names
+    from training.real_data import COVID_CT_MD_DIR, real_case_names
+    from training.reviewed_cases import (
+        is_verdict_export,
+        prepare_reviewed_split,
+        reviewed_case_names,
+    )
+
+    root = args.real_root or COVID_CT_MD_DIR
+    reviewed = is_verdict_export(root)  # a `dicomnode export-verdicts` folder
+    available = reviewed_case_names(root) if reviewed else real_case_names(root)
+    wanted = args.real_cases if args.real_cases in ("all", "none") else args.real_cases.split(",")
+    names = select_names(available, wanted, args.leave_out)
+    if not names:
+        return []
+    logger.info("real studies in training: %s (left out: %s)", names, args.leave_out or "none")
+    if reviewed:
+        return prepare_reviewed_split(root, args.work_dir, names, crop)
+    return prepare_real_split(args.work_dir, names, crop, root=root)
 
 
 def cmd_validate_decovnet(args: argparse.Namespace) -> int:
@@ -288,6 +313,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-name", default="decovnet", help="checkpoint name under checkpoints/")
     p.add_argument("--full-share", type=float, default=0.1,
                    help="share of the steps (at the end) on whole volumes")
+    p.add_argument("--real-cases", default="none",
+                   help="real studies to add (weak slice labels + lesion-inserted copies): "
+                        "'all', 'none' or comma-separated names, e.g. P002,cap002")
+    p.add_argument("--leave-out", action="append", default=[], metavar="NAME",
+                   help="a real study never read for this run (repeatable)")
+    p.add_argument("--real-share", type=float, default=0.4,
+                   help="probability that a step draws a real volume of its class")
+    p.add_argument("--real-root", type=Path, default=None,
+                   help="folder with labels/cases.json (default: shared COVID-CT-MD), or "
+                        "a `dicomnode export-verdicts` folder (labels.csv)")
     p.set_defaults(func=cmd_train_decovnet)
 
     p = sub.add_parser("validate-decovnet", help="score DeCoVNet checkpoints on the val split")

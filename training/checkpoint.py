@@ -64,7 +64,10 @@ def load_checkpoint(
 
 
 def load_weights(path: Path, model: nn.Module) -> None:
-    """Load only the model weights of a checkpoint (to fine-tune with a fresh optimiser)."""
+    """Load only the model weights of a checkpoint (to fine-tune with a fresh optimiser); a
+    registry weights file (a bare state dict, e.g. ``pipeline/weights/decovnet.pt``) works too."""
     payload = torch.load(path, map_location="cpu", weights_only=False)
-    model.load_state_dict(payload["model"])
-    logger.info("weights from %s (step %s)", path, payload.get("step"))
+    is_checkpoint = isinstance(payload, dict) and "model" in payload
+    model.load_state_dict(payload["model"] if is_checkpoint else payload)
+    logger.info("weights from %s (step %s)", path,
+                payload.get("step") if is_checkpoint else "registry")

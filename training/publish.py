@@ -124,6 +124,8 @@ def export_model(
     metadata: dict[str, Any] = {
         "trained_steps": steps, "training_minutes": round(minutes, 1),
         "training_data": "synthetic phantoms (training.synthetic)", "run": name}
+    if config.get("real_volumes"):
+        metadata["training_data"] += " and real studies: " + ", ".join(config["real_volumes"])
     if config.get("init_from"):
         metadata["fine_tuned_from"] = Path(str(config["init_from"])).name
     if which == "unet":
@@ -321,6 +323,18 @@ brightness 1 +- 0.5 and contrast 1 +- 0.3 (affine off, as the paper), seed
 {NOT_FIT_FOR}"""
 
 
+def _real_training_text(config: dict[str, Any]) -> str:
+    """What real studies a run trained on (``train-decovnet --real-cases``): a card must say."""
+    real = config.get("real_volumes") or []
+    if not real:
+        return "No real study was trained on.\n"
+    return ("**Real studies trained on** (weak slice labels, multiple-instance CAM loss; "
+            "lesion-inserted copies; drawn in "
+            f"{float(config.get('real_share', 0)):.0%} of a class's steps): "
+            + ", ".join(f"`{v}`" for v in real)
+            + ". Figures about these studies from this model are in-sample, not evaluations.\n")
+
+
 def _decovnet_card(config: dict[str, Any], steps: int, minutes: float, payload: dict[str, Any],
                    metrics: dict[str, Any], crop_px: tuple[int, int]) -> str:
     return f"""# decovnet {DECOVNET_VERSION}
@@ -339,7 +353,7 @@ stage reads `crop_shape_px` from this registry entry), channel 2 = lung mask.
 {_data_section(config.get('n_cases', '?'))}
 The mask channel comes from the ground-truth lungs for about half of the cases and from the
 morphological segmenter for the other half, so both kinds of mask are seen.
-
+{_real_training_text(config)}
 ## Training settings
 Adam lr {config.get('lr')} (the paper's 1e-5 raised for the CPU time budget), no weight decay,
 cross entropy, batch 1 volume, classes drawn 50/50 (oversampling). {_augment_text(config)}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,11 +41,22 @@ class RealCase:
         return set(self.infection_slices)
 
 
-def load_real_cases(root: Path = COVID_CT_MD_DIR) -> list[RealCase]:
-    """Read every case listed in ``labels/cases.json`` (UIDs repaired: the export lacks them)."""
+def real_case_names(root: Path = COVID_CT_MD_DIR) -> list[str]:
+    """The study names listed in ``labels/cases.json`` (no image is read)."""
+    labels = json.loads((root / "labels" / "cases.json").read_text())
+    return [str(entry["case"]) for entry in labels["cases"]]
+
+
+def load_real_cases(
+    root: Path = COVID_CT_MD_DIR, names: Collection[str] | None = None,
+) -> list[RealCase]:
+    """Read the cases listed in ``labels/cases.json`` (UIDs repaired: the export lacks them);
+    with ``names``, only those: the others' files are never opened."""
     labels = json.loads((root / "labels" / "cases.json").read_text())
     cases = []
     for entry in labels["cases"]:
+        if names is not None and str(entry["case"]) not in names:
+            continue
         folder = root / entry["path"]
         volume = read_series(sorted(p for p in folder.iterdir() if p.is_file()),
                              repair_uids=True)

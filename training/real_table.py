@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -20,15 +21,20 @@ import numpy as np
 from pipeline.stages.classify import DeCoVNetClassifier
 from pipeline.stages.localize import CamLesionLocalizer
 from pipeline.stages.lung_unet import UNetLungSegmenter
+from pipeline.stages.verdict import band_call
 from training.real_data import load_real_cases, slice_fraction_in
 
 
-def score_cases() -> list[dict[str, Any]]:
-    segmenter = UNetLungSegmenter(device="cpu")
-    classifier = DeCoVNetClassifier(device="cpu")
+def score_cases(
+    registry_dir: Path | None = None, names: Collection[str] | None = None,
+) -> list[dict[str, Any]]:
+    """One row per real study (``names``: only those are read) with the models of
+    ``registry_dir`` (default: the node's registry)."""
+    segmenter = UNetLungSegmenter(device="cpu", registry_dir=registry_dir)
+    classifier = DeCoVNetClassifier(device="cpu", registry_dir=registry_dir)
     localizer = CamLesionLocalizer()
     rows = []
-    for case in load_real_cases():
+    for case in load_real_cases(names=names):
         volume = case.volume
         lungs = segmenter.segment(volume)
         result = classifier.classify(volume, lungs)
@@ -46,6 +52,8 @@ def score_cases() -> list[dict[str, Any]]:
             "p_raw": verdict.p_covid_raw if verdict else result.p_covid,
             "p_calibrated": verdict.p_covid_calibrated if verdict else None,
             "call": verdict.call if verdict else "(no verdict)",
+            "band_call": band_call(verdict.p_covid_calibrated, verdict.negative_below,
+                                   verdict.positive_from) if verdict else None,
             "in_domain": verdict.in_validated_domain if verdict else None,
             "domain_distance": verdict.domain_distance if verdict else None,
             "lesions": len(lesions),

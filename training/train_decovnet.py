@@ -21,6 +21,7 @@ import logging
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -40,6 +41,7 @@ from training.cache import load_case
 from training.checkpoint import TrainState, load_weights
 from training.loop import LoopConfig, run_training
 from training.metrics import lesion_hit
+from training.mil_loss import real_cam_loss
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +60,7 @@ AUGMENT_PRESETS = {
     "none": AugmentConfig(affine=False, brightness_delta=0.0, contrast_delta=0.0),
 }
 CLASS_NAMES = ("non-covid", "covid19")  # index 1 = COVID-19, as in the paper
+REAL_AUGMENT = "paper"  # real studies: the paper's full ranges (heavy), plus left-right mirror
 MORPHOLOGICAL_MASK_SHARE = 0.5  # share of cases whose mask channel comes from the morphology
 
 
@@ -72,6 +75,13 @@ class PreparedVolume:
     seed: int
     finding_per_slice: npt.NDArray[np.int32]  # finding voxels per crop slice (0 for normal)
     lesion: npt.NDArray[np.uint8]  # 0/1 finding voxels of the crop (look-alikes included)
+    # real studies only (``training.real_cases``): per crop slice 1 = the COVID-class activation
+    # must fire somewhere, 0 = it must stay at zero outside ``lesion``; None for phantoms
+    slice_label: npt.NDArray[np.int8] | None = None
+
+    @property
+    def is_real(self) -> bool:
+        return self.slice_label is not None
 
     def tensor(self, start: int = 0, stop: int | None = None) -> torch.Tensor:
         """The network input 2 x T x H x W in [0, 1] for slices [start, stop)."""
@@ -121,8 +131,9 @@ def prepared_file(root: Path, split: str, seed: int) -> Path:
 def save_prepared(p: PreparedVolume, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.npz")
+    extra: dict[str, Any] = {} if p.slice_label is None else {"slice_label": p.slice_label}
     np.savez(tmp, image=p.image, mask=p.mask, label=p.label, kind=p.kind, seed=p.seed,
-             finding=p.finding_per_slice, lesion=np.packbits(p.lesion))
+             finding=p.finding_per_slice, lesion=np.packbits(p.lesion), **extra)
     tmp.replace(path)
 
 
@@ -138,8 +149,9 @@ def load_prepared(path: Path) -> PreparedVolume:
     with np.load(path) as d:
         image = d["image"]
         lesion = np.unpackbits(d["lesion"], count=image.size).reshape(image.shape)
+        slice_label = d["slice_label"] if "slice_label" in d.files else None
         return PreparedVolume(image, d["mask"], int(d["label"]), str(d["kind"]),
-                              int(d["seed"]), d["finding"], lesion)
+                              int(d["seed"]), d["finding"], lesion, slice_label)
 
 
 def prepare_split(
@@ -201,6 +213,44 @@ def choose_window(
     return start, start + length
 
 
+def draw_volume(
+    by_class: dict[int, list[PreparedVolume]], rng: np.random.Generator, real_share: float,
+) -> tuple[int, PreparedVolume]:
+    """A class drawn 50/50, then a real volume with probability ``real_share`` (if the class
+    has one), else a phantom (or a real one when the class has no phantom)."""
+    cls = int(rng.integers(0, 2))
+    real = [v for v in by_class[cls] if v.is_real]
+    synthetic = [v for v in by_class[cls] if not v.is_real]
+    pool = real if real and (not synthetic or rng.uniform() < real_share) else synthetic
+    return cls, pool[int(rng.integers(0, len(pool)))]
+
+
+def volume_loss(
+    m: torch.nn.Module, v: PreparedVolume, cls: int, window: tuple[int, int],
+    rng: np.random.Generator, aug: AugmentConfig, aux_weight: float, dev: torch.device,
+) -> torch.Tensor:
+    """Cross entropy on the volume label plus the CAM loss: voxel-level on phantoms
+    (``lesion_cam_loss``), weak slice-level on real studies (``mil_loss.real_cam_loss``)."""
+    start, stop = window
+    # the finding mask rides along as a third channel so that the affine moves it too
+    both = augment_volume(torch.cat([v.tensor(start, stop), v.lesion_tensor(start, stop)]),
+                          rng, aug)
+    if v.is_real and rng.uniform() < 0.5:
+        both = both.flip(-1)  # left-right mirror: real anatomy is scarce
+    logits, feats = m(both[None, :2].to(dev))
+    loss = F.cross_entropy(logits, torch.tensor([cls], device=dev))
+    if aux_weight <= 0 or not isinstance(m, DeCoVNet):
+        return loss
+    if v.slice_label is None:
+        return loss + aux_weight * lesion_cam_loss(m, feats, both[2:], cls)
+    w = m.cam_weights()[:, CLASS_NAMES.index("covid19")]
+    cam = torch.einsum("c,cthw->thw", w, feats[0])
+    labels = torch.from_numpy(v.slice_label[start:stop].astype(np.int64))
+    lung = both[1] > 0.5
+    return loss + aux_weight * real_cam_loss(cam, labels, both[2].to(cam.device),
+                                             lung.to(cam.device))
+
+
 def train_decovnet(
     prepared_paths: list[Path],
     checkpoint_path: Path,
@@ -217,10 +267,12 @@ def train_decovnet(
     augment: str = "mild",
     aux_weight: float = DECOVNET_AUX_WEIGHT,
     init_from: Path | None = None,
+    real_share: float = 0.0,
 ) -> tuple[DeCoVNet, TrainState]:
     """Train DeCoVNet on cached inputs: windows first, whole volumes in the last
     ``full_volume_share`` of the steps or of the time budget, whichever comes first. Classes are
-    drawn 50/50 (oversampling)."""
+    drawn 50/50 (oversampling); within a class a real study (``slice_label`` set) is drawn with
+    probability ``real_share`` when the class has one."""
     dev = device or torch.device("cpu")
     if augment not in AUGMENT_PRESETS:
         raise ValueError(f"unknown augmentation preset {augment!r}; use {list(AUGMENT_PRESETS)}")
@@ -245,23 +297,14 @@ def train_decovnet(
     progress = {"step": 0}
 
     def step(m: torch.nn.Module, rng: np.random.Generator) -> torch.Tensor:
-        cls = int(rng.integers(0, 2))
-        pool = by_class[cls]
-        v = pool[int(rng.integers(0, len(pool)))]
+        cls, v = draw_volume(by_class, rng, real_share)
         if progress["step"] >= full_from_step or time.perf_counter() >= full_after_s:
             start, stop = 0, v.image.shape[0]
         else:
             start, stop = choose_window(v, window_slices, rng)
         progress["step"] += 1
-        # the finding mask rides along as a third channel so that the affine moves it too
-        both = augment_volume(torch.cat([v.tensor(start, stop), v.lesion_tensor(start, stop)]),
-                              rng, aug)
-        x = both[None, :2].to(dev)
-        logits, feats = m(x)
-        loss = F.cross_entropy(logits, torch.tensor([cls], device=dev))
-        if aux_weight > 0 and isinstance(m, DeCoVNet):
-            loss = loss + aux_weight * lesion_cam_loss(m, feats, both[2:], cls)
-        return loss
+        return volume_loss(m, v, cls, (start, stop), rng,
+                           AUGMENT_PRESETS[REAL_AUGMENT] if v.is_real else aug, aux_weight, dev)
 
     cfg = LoopConfig(max_steps=max_steps, max_minutes=max_minutes, lr=lr, seed=seed,
                      checkpoint_every=50)
@@ -271,7 +314,9 @@ def train_decovnet(
               "n_cases": len(volumes), "seed": seed, "reinit_classifier": reinit_classifier,
               "augment": augment, "affine": aug.affine, "aux_lesion_cam_weight": aux_weight,
               "init_from": str(init_from) if init_from else None,
-              "brightness_delta": aug.brightness_delta, "contrast_delta": aug.contrast_delta}
+              "brightness_delta": aug.brightness_delta, "contrast_delta": aug.contrast_delta,
+              "real_share": real_share, "real_augment": REAL_AUGMENT,
+              "real_volumes": sorted(v.kind for v in volumes if v.is_real)}
     # the step counter must follow a resumed run
     if resume and checkpoint_path.exists():
         progress["step"] = int(torch.load(checkpoint_path, map_location="cpu",
