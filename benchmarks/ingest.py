@@ -10,7 +10,7 @@ Prints instances/s (median of the repetitions) and the ratios node/Orthanc, node
 each mode.
 
     .venv/bin/python -m benchmarks.ingest [--repeats 3] [--slices 300] [--targets ...]
-        [--associations 1,4]
+        [--associations 1,4] [--receiver-processes 1]
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ SENDER_AET = "BENCHSCU"
 NODE_QUIET_PERIOD_S = 3600.0  # no series is ever "complete" during the benchmark
 ARRIVAL_TIMEOUT_S = 60.0
 ROWS_SETTLE_S = 10.0
+RECEIVER_PROCESSES = {"n": 1}  # the node's [node] receiver_processes (--receiver-processes)
 
 
 class TargetUnavailableError(RuntimeError):
@@ -95,7 +96,8 @@ def bench_node(
     for run in range(repeats):
         node = NodeProcess(
             work_dir / f"node-run{run}", ae_title=NODE_AET,
-            sections={"node": {"workers": 0, "quiet_period_s": NODE_QUIET_PERIOD_S}},
+            sections={"node": {"workers": 0, "quiet_period_s": NODE_QUIET_PERIOD_S,
+                               "receiver_processes": RECEIVER_PROCESSES["n"]}},
         )
         with node:
             send = functools.partial(_send_all, series, node.host, node.port, NODE_AET)
@@ -216,10 +218,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="series whose slices are reused (default: COVID-CT-MD P002)")
     parser.add_argument("--associations", default="1,4",
                         help="comma-separated modes: series sent at once on as many associations")
+    parser.add_argument("--receiver-processes", type=int, default=1,
+                        help="[node] receiver_processes of the node measured (default 1)")
     parser.add_argument("--work-dir", type=Path, default=None,
                         help="where the series and receivers' files go (default: a temp dir)")
     args = parser.parse_args(argv)
     targets = [t.strip() for t in args.targets.split(",") if t.strip()]
+    RECEIVER_PROCESSES["n"] = args.receiver_processes
+    print(f"node: [node] receiver_processes = {args.receiver_processes}")
     unknown = set(targets) - set(TARGETS)
     if unknown or not targets:
         parser.error(f"unknown targets {sorted(unknown)}; choose from {', '.join(TARGETS)}")

@@ -73,6 +73,36 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_receive(args: argparse.Namespace) -> int:
+    """One extra receiver process of ``serve`` (``[node] receiver_processes``)."""
+    from dicomnode.db.engine import open_database
+    from dicomnode.db.records import InstanceRecorder
+    from dicomnode.jobs.parentwatch import exit_with_parent
+    from dicomnode.receiving.processes import announce_ready, relay_handler, relay_path
+    from dicomnode.receiving.scp import start_receiver
+    from dicomnode.receiving.storage import Storage
+
+    settings = _settings(args)
+    _setup_logging(settings.node.log_level)
+    if args.parent_pid is not None:
+        exit_with_parent(args.parent_pid)
+    stop = _wait_for_signal()
+    node = settings.node
+    storage = Storage(node.data_dir, fsync=node.fsync, sync_directories=node.fsync_directories,
+                      min_free_mb=node.min_free_disk_mb)
+    _engine, sessions = open_database(settings.database_url, migrate=False)
+    server = start_receiver(node, storage, InstanceRecorder(sessions),
+                            commitment_reports=relay_handler(relay_path(storage.root)),
+                            reuse_port=True)
+    announce_ready(relay_path(storage.root))
+    try:
+        while not stop.wait(1.0):
+            pass
+    finally:
+        server.shutdown()  # commits the rows still queued
+    return 0
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
     from dicomnode.config import pipeline_options
     from dicomnode.db.engine import open_database
@@ -335,6 +365,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ae-title", dest="ae_title", help="override [node] ae_title")
     p.add_argument("--data-dir", dest="data_dir", type=Path, help="override [node] data_dir")
     p.set_defaults(func=cmd_serve)
+
+    p = with_config(sub.add_parser("receive", help="one extra receiver process (run by serve)"))
+    p.add_argument("--port", type=int, help="override [node] port")
+    p.add_argument("--ae-title", dest="ae_title", help="override [node] ae_title")
+    p.add_argument("--data-dir", dest="data_dir", type=Path, help="override [node] data_dir")
+    p.add_argument("--parent-pid", dest="parent_pid", type=int, default=None,
+                   help="exit as soon as this process (the node) is gone")
+    p.set_defaults(func=cmd_receive)
 
     p = with_config(sub.add_parser("worker", help="run one worker process"))
     p.add_argument("--once", action="store_true", help="run at most one job, then exit")

@@ -56,6 +56,7 @@ class NodeSettings:
     association_request_timeout_s: float = 5.0  # TLS handshake + A-ASSOCIATE-RQ must arrive by then
     max_associations_per_peer: int = 8  # established associations from one address
     max_pending_connections: int = 64  # connections still negotiating; more are closed at once
+    receiver_processes: int = 1  # processes listening on the DICOM port (receiving.processes)
 
 
 @dataclass(frozen=True)
@@ -388,6 +389,8 @@ def _validate(s: Settings) -> None:
         raise ConfigError("[node] workers must be >= 0")
     if s.node.quiet_period_s <= 0:
         raise ConfigError("[node] quiet_period_s must be > 0")
+    if not 1 <= s.node.receiver_processes <= 64:
+        raise ConfigError("[node] receiver_processes must be 1-64")
     if s.node.max_instance_mb < 1 or s.node.max_associations_per_peer < 1:
         raise ConfigError("[node] max_instance_mb and max_associations_per_peer must be >= 1")
     if s.node.association_request_timeout_s <= 0 or s.node.max_pending_connections < 1:

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from dicomnode.db.records import InstanceRecorder
 from dicomnode.delivering.commitment import CommitmentTracker
 from dicomnode.delivering.exporter import Exporter
 from dicomnode.jobs.assembler import Assembler
+from dicomnode.receiving.processes import CommitmentRelay, relay_path
 from dicomnode.receiving.recovery import reindex_spool
 from dicomnode.receiving.scp import preflight, start_receiver
 from dicomnode.receiving.storage import Storage
@@ -33,23 +35,29 @@ log = logging.getLogger(__name__)
 ASSEMBLER_MIN_INTERVAL_S = 0.2
 WORKER_RESTART_DELAY_S = 1.0
 WORKER_STOP_GRACE_S = 20.0
+RECEIVERS_READY_S = 60.0
 
 
 class WorkerSupervisor:
-    """Keeps N worker processes running; restarts any that exit."""
+    """Keeps N worker (or receiver) processes running; restarts any that exit."""
 
-    def __init__(self, count: int, config_path: Path | None) -> None:
+    def __init__(
+        self, count: int, config_path: Path | None, subcommand: str = "worker",
+        extra_args: Sequence[str] = (),
+    ) -> None:
         self._count = count
         self._config_path = config_path
+        self._subcommand = subcommand
+        self._extra = list(extra_args)
         self._procs: list[subprocess.Popen[bytes]] = []
 
     def _spawn(self) -> subprocess.Popen[bytes]:
-        cmd = [sys.executable, "-m", "dicomnode", "worker"]
+        cmd = [sys.executable, "-m", "dicomnode", self._subcommand]
         if self._config_path is not None:
             cmd += ["--config", str(self._config_path)]
-        cmd += ["--parent-pid", str(os.getpid())]  # the worker ends with this process
+        cmd += [*self._extra, "--parent-pid", str(os.getpid())]  # it ends with this process
         proc = subprocess.Popen(cmd, env=os.environ.copy())
-        log.info("started worker process %d", proc.pid)
+        log.info("started %s process %d", self._subcommand, proc.pid)
         return proc
 
     @property
@@ -66,7 +74,8 @@ class WorkerSupervisor:
             for i, proc in enumerate(self._procs):
                 code = proc.poll()
                 if code is not None:
-                    log.warning("worker process %d exited with %s; restarting", proc.pid, code)
+                    log.warning("%s process %d exited with %s; restarting", self._subcommand,
+                                proc.pid, code)
                     time.sleep(WORKER_RESTART_DELAY_S)
                     self._procs[i] = self._spawn()
         for proc in self._procs:
@@ -89,6 +98,8 @@ class Node:
         self._server: Any = None
         self._web: Any = None
         self.supervisor = WorkerSupervisor(settings.node.workers, config_path)
+        self._relay: CommitmentRelay | None = None
+        self._receivers: threading.Thread | None = None
 
     def start(self) -> None:
         s = self.settings
@@ -104,8 +115,12 @@ class Node:
         recorder = InstanceRecorder(sessions)
         reindex_spool(storage, recorder)
         commitments = CommitmentTracker()
+        shared_port = s.node.receiver_processes > 1
         self._server = start_receiver(s.node, storage, recorder,
-                                      commitment_reports=commitments.on_event_report)
+                                      commitment_reports=commitments.on_event_report,
+                                      reuse_port=shared_port)
+        if shared_port:
+            self._start_receiver_processes(storage, commitments)
         if s.web.enabled:
             from dicomnode.web.server import server_listening, start_web_server
 
@@ -146,6 +161,24 @@ class Node:
             s.node.ae_title, storage.root, s.node.workers, len(s.destinations),
         )
 
+    def _start_receiver_processes(self, storage: Storage, commitments: CommitmentTracker) -> None:
+        """``[node] receiver_processes`` - 1 more receivers on the same port (``dicomnode
+        receive``), and the relay of the Storage Commitment reports they receive."""
+        node = self.settings.node
+        self._relay = CommitmentRelay(relay_path(storage.root), commitments.apply_report)
+        receivers = WorkerSupervisor(
+            node.receiver_processes - 1, self.config_path, subcommand="receive",
+            extra_args=["--port", str(node.port), "--ae-title", node.ae_title,
+                        "--data-dir", str(storage.root)],
+        )
+        self._receivers = threading.Thread(
+            target=receivers.run, args=(self.stop_event,), name="receivers", daemon=True)
+        self._receivers.start()
+        # connections go to whichever process listens: wait until all of them do
+        if not self._relay.wait_ready(node.receiver_processes - 1, RECEIVERS_READY_S):
+            log.warning("not every receiver process was listening after %.0f s",
+                        RECEIVERS_READY_S)
+
     def stop(self) -> None:
         if self._web is not None:
             self._web.stop()
@@ -154,4 +187,8 @@ class Node:
             self._server.shutdown()
         for thread in self._threads:
             thread.join(timeout=WORKER_STOP_GRACE_S + 5)
+        if self._receivers is not None:
+            self._receivers.join(timeout=WORKER_STOP_GRACE_S + 5)
+        if self._relay is not None:
+            self._relay.close()
         log.info("node stopped")

@@ -116,30 +116,29 @@ class CommitmentTracker:
 
     def on_event_report(self, event: Any) -> tuple[int, Dataset | None]:
         """EVT_N_EVENT_REPORT handler: record which objects the PACS committed."""
-        try:
-            info = event.event_information
-        except Exception:  # noqa: BLE001 - a malformed report is refused, not fatal
+        parsed = parse_report(event)
+        if parsed is None:
             return 0x0110, None
-        transaction_uid = str(getattr(info, "TransactionUID", ""))
+        self.apply_report(*parsed)
+        return 0x0000, None
+
+    def apply_report(self, transaction_uid: str, committed: list[str], failed: list[str]) -> None:
+        """Record a report (from this process's receiver, or relayed by a receiver process)."""
         with self._lock:
             request = self._open.pop(transaction_uid, None)
             if request is None:
                 log.warning("storage commitment report for unknown transaction %s",
                             transaction_uid)
-                return 0x0000, None
+                return
             report = Report(request.destination)
-            for item in getattr(info, "ReferencedSOPSequence", []):
-                eid = request.by_uid.pop(str(item.ReferencedSOPInstanceUID), None)
-                if eid is not None:
-                    report.committed.append(eid)
-            for item in getattr(info, "FailedSOPSequence", []):
-                eid = request.by_uid.pop(str(item.ReferencedSOPInstanceUID), None)
-                if eid is not None:
-                    report.failed.append(eid)
+            for uid, ids in ((committed, report.committed), (failed, report.failed)):
+                for sop_uid in uid:
+                    eid = request.by_uid.pop(sop_uid, None)
+                    if eid is not None:
+                        ids.append(eid)
             self._reports.append(report)
         log.info("storage commitment %s from %s: %d committed, %d failed", transaction_uid,
                  request.destination, len(report.committed), len(report.failed))
-        return 0x0000, None
 
     def take_reports(self, destination: str) -> list[Report]:
         with self._lock:
@@ -154,6 +153,20 @@ class CommitmentTracker:
             late = [uid for uid, r in self._open.items()
                     if r.destination == destination and r.deadline <= now]
             return [eid for uid in late for eid in self._open.pop(uid).by_uid.values()]
+
+
+def parse_report(event: Any) -> tuple[str, list[str], list[str]] | None:
+    """(Transaction UID, committed and failed SOP Instance UIDs) of an N-EVENT-REPORT, or None
+    when it cannot be read (answered 0x0110)."""
+    try:
+        info = event.event_information
+        return (
+            str(getattr(info, "TransactionUID", "")),
+            [str(i.ReferencedSOPInstanceUID) for i in getattr(info, "ReferencedSOPSequence", [])],
+            [str(i.ReferencedSOPInstanceUID) for i in getattr(info, "FailedSOPSequence", [])],
+        )
+    except Exception:  # noqa: BLE001 - a malformed report is refused, not fatal
+        return None
 
 
 def _reference(sop_class_uid: str, sop_instance_uid: str) -> Dataset:

@@ -125,12 +125,20 @@ class GuardedAssociationServer(ThreadedAssociationServer):
         if self.store_service is not None:
             self.store_service.close()
 
-    def __init__(self, *args: Any, rules: AdmissionRules, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, rules: AdmissionRules, reuse_port: bool = False, **kwargs: Any
+    ) -> None:
         self.rules = rules
+        self.reuse_port = reuse_port  # several receiver processes share the port
         self._lock = threading.Lock()
         self._pending: Counter[str] = Counter()
         self._requests: dict[int, AssociateRequest] = {}
         super().__init__(*args, **kwargs)
+
+    def server_bind(self) -> None:
+        if self.reuse_port:
+            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)  # type: ignore[union-attr]
+        super().server_bind()
 
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
         """Accept only: the TLS handshake happens in the connection's own thread."""

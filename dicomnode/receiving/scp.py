@@ -158,12 +158,13 @@ def preflight(settings: NodeSettings) -> None:
 
 def start_receiver(
     settings: NodeSettings, storage: Storage, recorder: InstanceRecorder,
-    commitment_reports: Any = None,
+    commitment_reports: Any = None, reuse_port: bool = False,
 ) -> ThreadedAssociationServer:
     """Start listening in background threads; the caller stops it with ``server.shutdown()``.
 
     ``commitment_reports``: an EVT_N_EVENT_REPORT handler; when given, the receiver also
-    accepts Storage Commitment reports (a PACS confirming the objects the exporter sent)."""
+    accepts Storage Commitment reports (a PACS confirming the objects the exporter sent).
+    ``reuse_port``: share the port with other receiver processes (``receiving.processes``)."""
     ae = build_ae(settings)
     max_bytes = settings.max_instance_mb * 1024 * 1024
     service = StoreService(storage, recorder, max_bytes, rows=RowWriter(recorder))
@@ -186,7 +187,7 @@ def start_receiver(
     server = make_server(
         ae, (settings.host, settings.port), ssl_context=tls_context(settings),
         handlers=handlers, rules=admission_rules(settings),
-        max_data_set_bytes=max_bytes, store_service=service,
+        max_data_set_bytes=max_bytes, store_service=service, reuse_port=reuse_port,
     )
     thread = threading.Thread(target=server.serve_forever, name="dicom-accept", daemon=True)
     thread.start()

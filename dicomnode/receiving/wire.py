@@ -131,10 +131,11 @@ class GuardedRequestHandler(RequestHandler):
 def make_server(
     ae: Any, address: tuple[str, int], *, ssl_context: Any, handlers: list[Any], rules: Any,
     max_data_set_bytes: int, store_service: StoreService | None = None,
+    reuse_port: bool = False,
 ) -> GuardedAssociationServer:
     server = GuardedAssociationServer(
         ae, address, ae.ae_title, ae.supported_contexts, ssl_context, handlers,
-        request_handler=GuardedRequestHandler, rules=rules,
+        request_handler=GuardedRequestHandler, rules=rules, reuse_port=reuse_port,
     )
     server.max_data_set_bytes = max_data_set_bytes
     server.store_service = store_service
