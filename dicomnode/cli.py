@@ -73,20 +73,27 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _child_start(args: argparse.Namespace) -> tuple[Settings, threading.Event]:
+    """Settings, logging, the parent watch (``--parent-pid``) and the stop signal of a process
+    the node starts (a worker or a receiver)."""
+    settings = _settings(args)
+    _setup_logging(settings.node.log_level)
+    if args.parent_pid is not None:
+        from dicomnode.jobs.parentwatch import exit_with_parent
+
+        exit_with_parent(args.parent_pid)
+    return settings, _wait_for_signal()
+
+
 def cmd_receive(args: argparse.Namespace) -> int:
     """One extra receiver process of ``serve`` (``[node] receiver_processes``)."""
     from dicomnode.db.engine import open_database
     from dicomnode.db.records import InstanceRecorder
-    from dicomnode.jobs.parentwatch import exit_with_parent
     from dicomnode.receiving.processes import announce_ready, relay_handler, relay_path
     from dicomnode.receiving.scp import start_receiver
     from dicomnode.receiving.storage import Storage
 
-    settings = _settings(args)
-    _setup_logging(settings.node.log_level)
-    if args.parent_pid is not None:
-        exit_with_parent(args.parent_pid)
-    stop = _wait_for_signal()
+    settings, stop = _child_start(args)
     node = settings.node
     storage = Storage(node.data_dir, fsync=node.fsync, sync_directories=node.fsync_directories,
                       min_free_mb=node.min_free_disk_mb)
@@ -111,13 +118,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from dicomnode.receiving.storage import Storage
     from dicomnode.remote import command as remote
 
-    settings = _settings(args)
-    _setup_logging(settings.node.log_level)
-    if args.parent_pid is not None:
-        from dicomnode.jobs.parentwatch import exit_with_parent
-
-        exit_with_parent(args.parent_pid)
-    stop = _wait_for_signal()
+    settings, stop = _child_start(args)
     if remote.wants_remote(args):
         return remote.run_remote_worker(args, settings, stop)
     storage = Storage(settings.node.data_dir, fsync=settings.node.fsync)
