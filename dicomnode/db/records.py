@@ -78,7 +78,6 @@ def _row_values(rec: InstanceRecord) -> dict[str, object]:
     return {name: getattr(rec, name) for name in _RECORD_FIELDS}
 
 
-_FIND_INSTANCE = select(Instance.id).where(Instance.sop_instance_uid == bindparam("uid"))
 # Run for every received instance through the driver's own cursor: SQLAlchemy's statement and
 # result set-up cost more CPU than this one index probe (py-spy, issue 9).
 _STORED_INSTANCE_SQL = (
@@ -125,7 +124,7 @@ _TOUCH_STUDY = (
 
 @dataclass
 class _Pending:
-    """A row waiting for the group commit, and what became of it."""
+    """A row of a group commit, and what became of it."""
 
     rec: InstanceRecord
     done: bool = False
@@ -147,14 +146,7 @@ class InstanceRecorder:
         self._reads = HeldConnections(self._reader)
         self._writes = HeldConnections(self._engine)
         self._series_ids: dict[str, tuple[int, int]] = {}  # series uid -> (study id, series id)
-        self._queue_lock = threading.Lock()
         self._commit_lock = threading.Lock()
-        self._pending: list[_Pending] = []
-
-    def exists(self, sop_instance_uid: str) -> bool:
-        with self._reader.connect() as conn:
-            found = conn.execute(_FIND_INSTANCE, {"uid": sop_instance_uid})
-            return found.first() is not None
 
     def stored(self, sop_instance_uid: str) -> StoredInstance | None:
         with self._reads.connection() as conn:
@@ -193,19 +185,9 @@ class InstanceRecorder:
 
     def record(self, rec: InstanceRecord) -> bool:
         """Insert the instance row and update its series/study; False if it was already there.
-
-        Returns once the row is committed. Rows that arrive together (several associations)
-        share one transaction (group commit): the first caller commits every row queued so far
-        while the others wait for it, so one association never waits on a thread hand-off.
-        """
-        item = _Pending(rec)
-        with self._queue_lock:
-            self._pending.append(item)
-        with self._commit_lock:
-            if not item.done:
-                with self._queue_lock:
-                    batch, self._pending = self._pending, []
-                self._commit(batch)
+        Returns once the row is committed (start-up re-index, tools; the receiver hands its
+        rows to ``dicomnode.db.row_writer`` instead)."""
+        [item] = self._commit_group([rec])
         if item.error is not None:
             raise item.error
         return item.inserted
@@ -213,10 +195,13 @@ class InstanceRecorder:
     def record_group(self, recs: list[InstanceRecord]) -> list[Exception | None]:
         """Commit several rows together (one transaction when possible); per row, the error
         that kept it out of the database, or None once it is committed (or was already)."""
+        return [p.error for p in self._commit_group(recs)]
+
+    def _commit_group(self, recs: list[InstanceRecord]) -> list[_Pending]:
         batch = [_Pending(rec) for rec in recs]
         with self._commit_lock:
             self._commit(batch)
-        return [p.error for p in batch]
+        return batch
 
     def _commit(self, batch: list[_Pending]) -> None:
         try:

@@ -131,11 +131,12 @@ class CommitmentTracker:
                             transaction_uid)
                 return
             report = Report(request.destination)
-            for uid, ids in ((committed, report.committed), (failed, report.failed)):
-                for sop_uid in uid:
+            for sop_uids, export_ids in ((committed, report.committed),
+                                         (failed, report.failed)):
+                for sop_uid in sop_uids:
                     eid = request.by_uid.pop(sop_uid, None)
                     if eid is not None:
-                        ids.append(eid)
+                        export_ids.append(eid)
             self._reports.append(report)
         log.info("storage commitment %s from %s: %d committed, %d failed", transaction_uid,
                  request.destination, len(report.committed), len(report.failed))

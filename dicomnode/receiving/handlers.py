@@ -8,8 +8,7 @@ if the process dies first.
 
 ``StoreService.store`` is the one C-STORE path. The receiver calls it directly from the thread
 that read the request (``messages.BoundedDIMSE``); ``StoreService.handle_event`` adapts a
-pynetdicom event to it for requests that take pynetdicom's general path, and ``handle_store``
-does the same with the row committed before the answer (tests and tools).
+pynetdicom event to it for requests that take pynetdicom's general path.
 """
 
 from __future__ import annotations
@@ -24,7 +23,6 @@ from typing import Any
 from pydicom import Dataset, dcmread
 from pynetdicom.dsutils import decode
 from pynetdicom.events import Event
-from sqlalchemy.exc import SQLAlchemyError
 
 from dicomnode.db.records import InstanceRecorder, StoredInstance
 from dicomnode.db.row_writer import RowBacklogFullError, RowWriter, RowWriterUnavailableError
@@ -118,23 +116,14 @@ def request_of(event: Event) -> StoreRequest:
     )
 
 
-def handle_store(
-    event: Event, storage: Storage, recorder: InstanceRecorder, max_bytes: int = 2**40
-) -> Dataset:
-    """pynetdicom's EVT_C_STORE handler: the same checks and storage as the direct path."""
-    return StoreService(storage, recorder, max_bytes).store(request_of(event)).as_dataset()
-
-
 class StoreService:
     """Checks, writes and records received instances; every refusal names its reason.
 
-    With ``rows`` (the receiver's ``RowWriter``) an instance is acknowledged once its file is
-    synced, and its row follows in the writer's next group commit; without it (tests, tools)
-    the row is committed before the answer."""
+    An instance is acknowledged once its file is synced; its row follows in the next group
+    commit of ``rows`` (the receiver's ``RowWriter``)."""
 
     def __init__(
-        self, storage: Storage, recorder: InstanceRecorder, max_bytes: int,
-        rows: RowWriter | None = None,
+        self, storage: Storage, recorder: InstanceRecorder, max_bytes: int, rows: RowWriter,
     ) -> None:
         self.storage = storage
         self.recorder = recorder
@@ -147,11 +136,10 @@ class StoreService:
 
     def close(self) -> None:
         """Commit the rows still waiting (the receiver is stopping)."""
-        if self.rows is not None:
-            self.rows.close()
+        self.rows.close()
 
     def _stored(self, sop_uid: str) -> StoredInstance | None:
-        if self.rows is not None and self.rows.pending(sop_uid) is not None:
+        if self.rows.pending(sop_uid) is not None:
             self.rows.flush(PENDING_ROW_WAIT_S)  # compare with the committed row
         return self.recorder.stored(sop_uid)
 
@@ -227,8 +215,7 @@ class StoreService:
                 )
                 return _refuse(StoreStatus.UID_CONFLICT, f"SOP Instance UID {reason}", sop_uid,
                                calling)
-            if self.rows is not None:
-                self.rows.check()
+            self.rows.check()
             header = file_header(req.sop_class_uid, sop_uid, req.transfer_syntax)
             with req.data_set.getbuffer() as body:  # written as received, not copied
                 size = storage.write_instance(path, (header, body))
@@ -244,17 +231,9 @@ class StoreService:
             ds, sop_class_uid=req.sop_class_uid, transfer_syntax_uid=req.transfer_syntax,
             path=storage.relative(path), size_bytes=size, calling_ae_title=calling,
         )
-        if self.rows is not None:
-            try:
-                self.rows.submit(record)
-            except RowWriterUnavailableError as exc:  # stopping: re-indexed at the next start
-                return _refuse(StoreStatus.CANNOT_RECORD, str(exc), sop_uid, calling)
-            log.debug("stored instance %s from %s", sop_uid, calling)
-            return SUCCESS
         try:
-            recorder.record(record)
-        except SQLAlchemyError as exc:
-            log.error("instance %s written but not recorded: %s", sop_uid, exc)
-            return Answer(int(StoreStatus.CANNOT_RECORD), "database unavailable")
+            self.rows.submit(record)
+        except RowWriterUnavailableError as exc:  # stopping: re-indexed at the next start
+            return _refuse(StoreStatus.CANNOT_RECORD, str(exc), sop_uid, calling)
         log.debug("stored instance %s from %s", sop_uid, calling)
         return SUCCESS

@@ -130,7 +130,8 @@ def test_sop_class_mismatch_gives_a900(storage, sessions) -> None:
     from pynetdicom.dsutils import encode
 
     from dicomnode.db.records import InstanceRecorder
-    from dicomnode.receiving.handlers import handle_store
+    from dicomnode.db.row_writer import RowWriter
+    from dicomnode.receiving.handlers import StoreService
 
     ds = ct_series(1)[0]
     ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.4"  # MR Image Storage inside a CT request
@@ -142,7 +143,10 @@ def test_sop_class_mismatch_gives_a900(storage, sessions) -> None:
         assoc=SimpleNamespace(requestor=SimpleNamespace(ae_title="TESTSCU")),
         context=SimpleNamespace(transfer_syntax="1.2.840.10008.1.2.1"),
     )
-    status = handle_store(event, storage, InstanceRecorder(sessions))  # type: ignore[arg-type]
+    recorder = InstanceRecorder(sessions)
+    service = StoreService(storage, recorder, 2**40, RowWriter(recorder))
+    status = service.handle_event(event)  # type: ignore[arg-type]
+    service.close()
     assert status.Status == StoreStatus.DATASET_DOES_NOT_MATCH_SOP_CLASS
     assert "SOPClassUID" in status.ErrorComment
 
