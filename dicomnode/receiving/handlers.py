@@ -96,7 +96,7 @@ def decode_data_set(data: BytesIO, transfer_syntax: str) -> Dataset:
     if syntax.little_endian and not syntax.deflated:
         try:
             with data.getbuffer() as view:
-                return scan_top_level(bytes(view), syntax.implicit)
+                return scan_top_level(view, syntax.implicit)  # no copy of the data set
         except ScanError:
             pass
     return decode(data, syntax.implicit, syntax.little_endian, syntax.deflated)

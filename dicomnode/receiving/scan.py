@@ -25,6 +25,8 @@ from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.tag import BaseTag
 from pydicom.uid import UID
 
+Buffer = bytes | memoryview
+
 MAX_DEPTH = 16
 UNDEFINED = 0xFFFFFFFF
 _LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN",
@@ -57,19 +59,19 @@ class ScanError(ValueError):
     """The data set is not what the scan reads; read it with pydicom."""
 
 
-def _header(buf: bytes, pos: int, implicit: bool) -> tuple[int, bytes | None, int, int]:
+def _header(buf: Buffer, pos: int, implicit: bool) -> tuple[int, bytes | None, int, int]:
     """(tag, VR or None, value length, value offset) of the element at ``pos``."""
     group, element = _TAG.unpack_from(buf, pos)
     tag = (group << 16) | element
     if implicit or group == 0xFFFE:
         return tag, None, _U32.unpack_from(buf, pos + 4)[0], pos + 8
-    vr = buf[pos + 4:pos + 6]
+    vr = bytes(buf[pos + 4:pos + 6])
     if vr in _LONG_VRS:
         return tag, vr, _U32.unpack_from(buf, pos + 8)[0], pos + 12
     return tag, vr, _U16.unpack_from(buf, pos + 6)[0], pos + 8
 
 
-def _skip_elements(buf: bytes, pos: int, end_tag: int, implicit: bool, depth: int) -> int:
+def _skip_elements(buf: Buffer, pos: int, end_tag: int, implicit: bool, depth: int) -> int:
     """Step over elements up to and including the delimiter ``end_tag``; the offset after it."""
     if depth > MAX_DEPTH:
         raise ScanError("sequences nested too deeply")
@@ -83,7 +85,7 @@ def _skip_elements(buf: bytes, pos: int, end_tag: int, implicit: bool, depth: in
 
 
 def _skip_value(
-    buf: bytes, tag: int, vr: bytes | None, length: int, start: int, implicit: bool, depth: int
+    buf: Buffer, tag: int, vr: bytes | None, length: int, start: int, implicit: bool, depth: int
 ) -> int:
     if length != UNDEFINED:
         end = start + length
@@ -107,8 +109,9 @@ def _skip_value(
         pos = _skip_value(buf, item_tag, None, item_length, item_start, inner, depth + 1)
 
 
-def scan_top_level(data: bytes, implicit: bool) -> Dataset:
-    """The top-level, non-sequence elements of ``data`` as raw elements (see the module doc).
+def scan_top_level(data: Buffer, implicit: bool) -> Dataset:
+    """The top-level, non-sequence elements of ``data`` (bytes or a memoryview of the received
+    buffer: only the kept values are copied) as raw elements (see the module doc).
 
     An undefined-length value (encapsulated pixel data) is kept as pydicom keeps it: the bytes
     up to, not including, its sequence delimiter."""
@@ -126,7 +129,8 @@ def scan_top_level(data: bytes, implicit: bool) -> Dataset:
             key = BaseTag(tag)
             raw[key] = RawDataElement(
                 key, vr.decode("ascii") if vr is not None else None, length,
-                data[start:end - 8 if undefined else end], start, implicit, True, True, False,
+                bytes(data[start:end - 8 if undefined else end]), start, implicit, True, True,
+                False,
             )
         pos = end
     return Dataset(raw)
